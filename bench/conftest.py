@@ -17,9 +17,7 @@ import pytest
 
 
 class Measure(Protocol):
-    def __call__(
-        self, impl: str, fn: Callable[..., Any], *args: Any, frames: int = 1
-    ) -> Any: ...
+    def __call__(self, impl: str, fn: Callable[..., Any], *args: Any, frames: int = 1) -> Any: ...
 
 
 @pytest.fixture
