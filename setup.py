@@ -22,7 +22,7 @@ extensions = [
     Extension(
         f"engine._{pyx.stem}",
         [str(pyx.relative_to(HERE))],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", "-g0"],
     )
     for pyx in sorted((HERE / "native").glob("*.pyx"))
     if not only or pyx.stem in only
