@@ -1,0 +1,85 @@
+"""The common call model every front door maps its wire protocol onto.
+
+A transport module (``server/transports/<protocol>.py``) turns what the far
+end sends into the events below, and carries out the four outbound actions of
+:class:`Transport`.  Times are milliseconds of the call's media clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """The far end identified the call (once, before any audio).
+
+    ``codec``/``rate_hz`` describe inbound audio (see :mod:`engine.format`);
+    ``parameters`` are carrier-supplied key/values (e.g. Twilio's
+    ``customParameters``) handed to the agent unchanged.
+    """
+
+    call_id: str
+    stream_id: str
+    codec: str
+    rate_hz: int
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioIn:
+    """One chunk of inbound audio, encoded as ``codec`` at ``rate_hz``.
+
+    ``timestamp_ms`` is the far end's presentation time when it gives one,
+    else ``None``.
+    """
+
+    payload: bytes
+    codec: str
+    rate_hz: int
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A key the caller pressed: one of ``0-9 * # A-D``."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """The far end reached a mark: ``played`` is False when it came back because of a clear."""
+
+    name: str
+    played: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """The far end ended the stream; ``reason`` says how (for logs and metrics)."""
+
+    reason: str
+
+
+TransportEvent: TypeAlias = CallStarted | AudioIn | Dtmf | MarkPlayed | Hangup
+
+
+class Transport(Protocol):
+    """Outbound side of one live call, implemented by each front door.
+
+    ``send_audio`` takes one frame already encoded in the transport's wire
+    codec; ``clear`` empties the far end's buffer (barge-in); ``mark`` asks to
+    be told (by a :class:`MarkPlayed`) when everything sent so far has played;
+    ``hangup`` ends the call, idempotently.  None of them may block the media
+    clock: a slow peer is the transport's problem to detect and drop.
+    """
+
+    def send_audio(self, frame: bytes) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def mark(self, name: str) -> None: ...
+
+    def hangup(self) -> None: ...
