@@ -1,18 +1,20 @@
 """The common call model every front door maps its wire protocol onto.
 
 A transport module (``server/transports/<protocol>.py``) turns what the far
-end sends into the events below, and carries out the four outbound actions of
-:class:`Transport`.  Times are milliseconds of the call's media clock.
+end sends into the events below (frozen msgspec Structs: every inbound media
+frame builds one, and a Struct costs a tenth of a frozen dataclass), and
+carries out the four outbound actions of :class:`Transport`.  Times are
+milliseconds of the call's media clock.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class CallStarted:
+
+class CallStarted(msgspec.Struct, frozen=True):
     """The far end identified the call (once, before any audio).
 
     ``codec``/``rate_hz`` describe inbound audio (see :mod:`engine.format`);
@@ -24,11 +26,10 @@ class CallStarted:
     stream_id: str
     codec: str
     rate_hz: int
-    parameters: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class AudioIn:
+class AudioIn(msgspec.Struct, frozen=True):
     """One chunk of inbound audio, encoded as ``codec`` at ``rate_hz``.
 
     ``timestamp_ms`` is the far end's presentation time when it gives one,
@@ -41,23 +42,20 @@ class AudioIn:
     timestamp_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Dtmf:
+class Dtmf(msgspec.Struct, frozen=True):
     """A key the caller pressed: one of ``0-9 * # A-D``."""
 
     digit: str
 
 
-@dataclass(frozen=True, slots=True)
-class MarkPlayed:
+class MarkPlayed(msgspec.Struct, frozen=True):
     """The far end reached a mark: ``played`` is False when it came back because of a clear."""
 
     name: str
     played: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Hangup:
+class Hangup(msgspec.Struct, frozen=True):
     """The far end ended the stream; ``reason`` says how (for logs and metrics)."""
 
     reason: str
