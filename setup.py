@@ -32,5 +32,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "embedsignature": True},
+        include_path=["native"],  # shared .pxd helpers (native/pybuffer.pxd)
     ),
 )

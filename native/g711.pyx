@@ -18,23 +18,14 @@ only on the top 14 bits of a sample and A-law only on the top 12 (the sign and
 in tables indexed by those bits, built once at import.
 """
 
-from cpython.buffer cimport (
-    PyBUF_C_CONTIGUOUS,
-    PyBUF_FORMAT,
-    PyBUF_WRITABLE,
-    PyBuffer_Release,
-    PyObject_GetBuffer,
-)
+from cpython.buffer cimport PyBuffer_Release
+
+from pybuffer cimport PCM_INT16, PCM_LE_BYTES, acquire_codes, acquire_int16, acquire_pcm
 
 cdef short ULAW_DECODE[256]
 cdef short ALAW_DECODE[256]
 cdef unsigned char ULAW_ENCODE[16384]  # index: (uint16)sample >> 2
 cdef unsigned char ALAW_ENCODE[4096]   # index: (uint16)sample >> 4
-
-cdef enum:
-    PCM_INT16 = 0
-    PCM_LE_BYTES = 1
-
 
 # ---------------------------------------------------------------- table setup
 
@@ -107,74 +98,6 @@ cdef void _build_tables() noexcept:
 _build_tables()
 
 
-# ---------------------------------------------------------- buffer handling
-
-cdef inline bint _is_format(const char* fmt, char code) noexcept:
-    # One native-order item of struct code ``code``: "h", "@h" or "=h".
-    if fmt[0] == code and fmt[1] == 0:
-        return True
-    if (fmt[0] == b"@" or fmt[0] == b"=") and fmt[1] == code and fmt[2] == 0:
-        return True
-    return False
-
-
-cdef inline bint _is_byte_format(const char* fmt) noexcept:
-    return fmt == NULL or _is_format(fmt, b"B") or _is_format(fmt, b"b") or _is_format(fmt, b"c")
-
-
-cdef inline bint _is_int16_format(const char* fmt) noexcept:
-    return fmt != NULL and _is_format(fmt, b"h")
-
-
-cdef int _acquire(object obj, Py_buffer* view, bint writable, str name) except -1:
-    cdef int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
-    if writable:
-        flags |= PyBUF_WRITABLE
-    try:
-        PyObject_GetBuffer(obj, view, flags)
-    except (BufferError, TypeError, ValueError) as exc:
-        what = "a writable C-contiguous buffer" if writable else "a C-contiguous buffer"
-        raise ValueError(f"{name} must be {what}, got {type(obj).__name__}: {exc}") from None
-    return 0
-
-
-cdef int _acquire_codes(object obj, Py_buffer* view, bint writable, str name) except -1:
-    _acquire(obj, view, writable, name)
-    if view.itemsize != 1 or not _is_byte_format(view.format):
-        fmt = (<bytes>view.format).decode("ascii", "replace") if view.format != NULL else "B"
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must hold bytes (format 'B'), got format {fmt!r}")
-    return 0
-
-
-cdef int _acquire_int16(object obj, Py_buffer* view, bint writable, str name) except -1:
-    _acquire(obj, view, writable, name)
-    if view.itemsize != 2 or not _is_int16_format(view.format):
-        fmt = (<bytes>view.format).decode("ascii", "replace") if view.format != NULL else "B"
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must hold native int16 samples (format 'h'), got format {fmt!r}")
-    return 0
-
-
-cdef int _acquire_pcm(object obj, Py_buffer* view, Py_ssize_t* n_samples) except -1:
-    # PCM input: an int16 buffer (returns PCM_INT16) or bytes of little-endian
-    # int16 pairs (returns PCM_LE_BYTES); sets n_samples.
-    _acquire(obj, view, False, "pcm")
-    if view.itemsize == 2 and _is_int16_format(view.format):
-        n_samples[0] = view.len // 2
-        return PCM_INT16
-    if view.itemsize == 1 and _is_byte_format(view.format):
-        if view.len % 2:
-            n = view.len
-            PyBuffer_Release(view)
-            raise ValueError(f"pcm has an odd byte count ({n}); 16-bit samples need pairs")
-        n_samples[0] = view.len // 2
-        return PCM_LE_BYTES
-    fmt = (<bytes>view.format).decode("ascii", "replace") if view.format != NULL else "B"
-    PyBuffer_Release(view)
-    raise ValueError(f"pcm must be int16 samples or bytes of little-endian int16, got format {fmt!r}")
-
-
 cdef int _check_room(Py_ssize_t have, Py_ssize_t need, str unit) except -1:
     if have < need:
         raise ValueError(f"out is too small: room for {have} {unit}, need {need}")
@@ -190,9 +113,9 @@ cdef Py_ssize_t _decode_into(object src, object out, const short* table) except 
     cdef Py_ssize_t i
     cdef const unsigned char* codes
     cdef short* samples
-    _acquire_codes(src, &s, False, "src")
+    acquire_codes(src, &s, False, "src")
     try:
-        _acquire_int16(out, &o, True, "out")
+        acquire_int16(out, &o, True, "out")
         try:
             n = s.len
             _check_room(o.len // 2, n, "samples")
@@ -227,9 +150,9 @@ cdef Py_ssize_t _encode_into(object pcm, object out, const unsigned char* table,
     cdef const unsigned short* samples
     cdef const unsigned char* pairs
     cdef unsigned char* codes
-    cdef int kind = _acquire_pcm(pcm, &s, &n)
+    cdef int kind = acquire_pcm(pcm, &s, &n)
     try:
-        _acquire_codes(out, &o, True, "out")
+        acquire_codes(out, &o, True, "out")
         try:
             _check_room(o.len, n, "bytes")
             codes = <unsigned char*>o.buf
@@ -268,11 +191,11 @@ def l16be_to_pcm_into(src, out):
     cdef Py_ssize_t i
     cdef const unsigned char* pairs
     cdef short* samples
-    _acquire_codes(src, &s, False, "src")
+    acquire_codes(src, &s, False, "src")
     try:
         if s.len % 2:
             raise ValueError(f"src has an odd byte count ({s.len}); 16-bit samples need pairs")
-        _acquire_int16(out, &o, True, "out")
+        acquire_int16(out, &o, True, "out")
         try:
             n = s.len // 2
             _check_room(o.len // 2, n, "samples")
@@ -297,9 +220,9 @@ def pcm_to_l16be_into(pcm, out):
     cdef const unsigned char* pairs
     cdef unsigned char* dst
     cdef unsigned short x
-    cdef int kind = _acquire_pcm(pcm, &s, &n)
+    cdef int kind = acquire_pcm(pcm, &s, &n)
     try:
-        _acquire_codes(out, &o, True, "out")
+        acquire_codes(out, &o, True, "out")
         try:
             _check_room(o.len, 2 * n, "bytes")
             dst = <unsigned char*>o.buf

@@ -31,22 +31,16 @@ buffer's length.  Nothing is allocated per call except the returned int.
 """
 
 cimport cython
-from cpython.buffer cimport (
-    PyBUF_C_CONTIGUOUS,
-    PyBUF_FORMAT,
-    PyBUF_WRITABLE,
-    PyBuffer_Release,
-    PyObject_GetBuffer,
-)
+from cpython.buffer cimport PyBuffer_Release
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy, memmove, memset
+
+from pybuffer cimport PCM_INT16, PCM_LE_BYTES, acquire_int16, acquire_pcm
 
 cdef enum:
     _COEF_BITS = 14
     _ROUND_HALF = 1 << 13
     _BLOCK = 2048
-    _KIND_INT16 = 0
-    _KIND_LE_BYTES = 1
     _KIND_ZEROS = 2
 
 COEF_BITS = _COEF_BITS
@@ -69,75 +63,6 @@ MAX_TAIL_SAMPLES = 1 << 20
 
 MAX_CHUNK_SAMPLES = 1 << 30
 """Largest input chunk accepted by one call (samples); keeps counts in int64."""
-
-
-# ---------------------------------------------------------- buffer handling
-
-cdef inline bint _is_format(const char* fmt, char code) noexcept:
-    # One native-order item of struct code ``code``: "h", "@h" or "=h".
-    if fmt[0] == code and fmt[1] == 0:
-        return True
-    if (fmt[0] == b"@" or fmt[0] == b"=") and fmt[1] == code and fmt[2] == 0:
-        return True
-    return False
-
-
-cdef inline bint _is_byte_format(const char* fmt) noexcept:
-    return fmt == NULL or _is_format(fmt, b"B") or _is_format(fmt, b"b") or _is_format(fmt, b"c")
-
-
-cdef inline bint _is_int16_format(const char* fmt) noexcept:
-    return fmt != NULL and _is_format(fmt, b"h")
-
-
-cdef str _format_name(Py_buffer* view):
-    if view.format == NULL:
-        return "B"
-    return (<bytes>view.format).decode("ascii", "replace")
-
-
-cdef int _acquire(object obj, Py_buffer* view, bint writable, str name) except -1:
-    cdef int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
-    if writable:
-        flags |= PyBUF_WRITABLE
-    try:
-        PyObject_GetBuffer(obj, view, flags)
-    except (BufferError, TypeError, ValueError) as exc:
-        what = "a writable C-contiguous buffer" if writable else "a C-contiguous buffer"
-        raise ValueError(f"{name} must be {what}, got {type(obj).__name__}: {exc}") from None
-    if view.ndim != 1:
-        ndim = view.ndim
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must be 1-D (mono), got {ndim} dimensions")
-    return 0
-
-
-cdef int _acquire_int16(object obj, Py_buffer* view, bint writable, str name) except -1:
-    _acquire(obj, view, writable, name)
-    if view.itemsize != 2 or not _is_int16_format(view.format):
-        fmt = _format_name(view)
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must hold native int16 samples (format 'h'), got format {fmt!r}")
-    return 0
-
-
-cdef int _acquire_pcm(object obj, Py_buffer* view, Py_ssize_t* n_samples) except -1:
-    # PCM input: an int16 buffer (returns _KIND_INT16) or bytes of little-endian
-    # int16 pairs (returns _KIND_LE_BYTES); sets n_samples.
-    _acquire(obj, view, False, "pcm")
-    if view.itemsize == 2 and _is_int16_format(view.format):
-        n_samples[0] = view.len // 2
-        return _KIND_INT16
-    if view.itemsize == 1 and _is_byte_format(view.format):
-        if view.len % 2:
-            n = view.len
-            PyBuffer_Release(view)
-            raise ValueError(f"pcm has an odd byte count ({n}); 16-bit samples need pairs")
-        n_samples[0] = view.len // 2
-        return _KIND_LE_BYTES
-    fmt = _format_name(view)
-    PyBuffer_Release(view)
-    raise ValueError(f"pcm must be int16 samples or bytes of little-endian int16, got format {fmt!r}")
 
 
 cdef int _check_int(object value, str name, long long low, long long high) except -1:
@@ -208,7 +133,7 @@ cdef class PolyphaseKernel:
         self._tail = tail
         self._step_whole = self._down // self._up
         self._step_frac = self._down % self._up
-        _acquire_int16(table, &self._table_view, False, "table")
+        acquire_int16(table, &self._table_view, False, "table")
         self._has_table = True
         if self._table_view.len // 2 != self._up * self._taps:
             raise ValueError(
@@ -298,9 +223,9 @@ cdef class PolyphaseKernel:
             b = n - pos
             if b > _BLOCK:
                 b = _BLOCK
-            if kind == _KIND_INT16:
+            if kind == PCM_INT16:
                 memcpy(fresh, src + 2 * pos, b * sizeof(short))
-            elif kind == _KIND_LE_BYTES:
+            elif kind == PCM_LE_BYTES:
                 pairs = src + 2 * pos
                 for k in range(b):
                     fresh[k] = <short>(<unsigned short>(pairs[2 * k] | (pairs[2 * k + 1] << 8)))
@@ -332,9 +257,9 @@ cdef class PolyphaseKernel:
         cdef Py_buffer o
         cdef Py_ssize_t n = 0
         cdef Py_ssize_t need
-        cdef int kind = _acquire_pcm(pcm, &s, &n)
+        cdef int kind = acquire_pcm(pcm, &s, &n)
         try:
-            _acquire_int16(out, &o, True, "out")
+            acquire_int16(out, &o, True, "out")
             try:
                 if n > MAX_CHUNK_SAMPLES:
                     raise ValueError(
@@ -358,7 +283,7 @@ cdef class PolyphaseKernel:
         cdef Py_buffer o
         cdef Py_ssize_t zeros
         cdef Py_ssize_t produced
-        _acquire_int16(out, &o, True, "out")
+        acquire_int16(out, &o, True, "out")
         try:
             if o.len // 2 < self._tail:
                 raise ValueError(
