@@ -1,0 +1,1 @@
+"""Agents: what the bot says. Each agent turns a caller's turn into reply audio."""

@@ -1,0 +1,64 @@
+"""The echo agent: plays the caller's utterance back exactly as heard.
+
+It keeps the last ``history_ms`` of the caller's wire audio (mu-law bytes, as
+received) indexed by the call's inbound media time, and answers a turn with
+the slice from ``preroll_ms`` before the speech onset to the speech end.  It is
+the reference workload for load tests: the reply is bit-identical to what the
+caller sent, so a load generator can check it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BYTES_PER_MS: Final = 8
+"""mu-law at 8 kHz: one byte per sample, eight samples per ms."""
+
+
+class EchoAgent:
+    """History of one caller's mu-law audio and the echo reply for a turn."""
+
+    __slots__ = ("_buf", "_start_ms", "history_ms", "preroll_ms")
+
+    def __init__(self, history_ms: int = 30_000, preroll_ms: int = 200) -> None:
+        if history_ms <= 0:
+            raise ValueError(f"history_ms must be positive, got {history_ms}")
+        if not 0 <= preroll_ms <= history_ms:
+            raise ValueError(f"preroll_ms must be in 0..{history_ms}, got {preroll_ms}")
+        self.history_ms = history_ms
+        self.preroll_ms = preroll_ms
+        self._buf = bytearray()
+        self._start_ms = 0  # inbound media time of _buf[0]
+
+    @property
+    def end_ms(self) -> int:
+        """Inbound media time just after the last byte heard."""
+        return self._start_ms + len(self._buf) // BYTES_PER_MS
+
+    def on_caller_audio(self, ulaw: bytes | bytearray | memoryview, at_ms: int) -> None:
+        """Append caller audio whose first sample is at ``at_ms`` (contiguous with the last)."""
+        if not self._buf:
+            self._start_ms = at_ms
+        elif at_ms != self.end_ms:
+            raise ValueError(f"caller audio at {at_ms} ms does not follow {self.end_ms} ms")
+        self._buf += ulaw
+        excess_ms = len(self._buf) // BYTES_PER_MS - self.history_ms
+        # Trim in whole seconds so the memmove happens once a second, not per frame.
+        if excess_ms >= 1000:
+            drop_ms = excess_ms - excess_ms % 1000
+            del self._buf[: drop_ms * BYTES_PER_MS]
+            self._start_ms += drop_ms
+
+    def reply(self, speech_start_ms: int, speech_end_ms: int) -> bytes:
+        """The caller's audio from ``preroll_ms`` before the onset to the end, as heard."""
+        if speech_end_ms < speech_start_ms:
+            raise ValueError(f"speech ends ({speech_end_ms}) before it starts ({speech_start_ms})")
+        begin = max(self._start_ms, speech_start_ms - self.preroll_ms)
+        end = min(self.end_ms, speech_end_ms)
+        if end <= begin:
+            return b""
+        return bytes(
+            self._buf[
+                (begin - self._start_ms) * BYTES_PER_MS : (end - self._start_ms) * BYTES_PER_MS
+            ]
+        )

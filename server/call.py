@@ -1,0 +1,208 @@
+"""One live call: the transport, the engine state and the agent, joined.
+
+Inbound, per 20 ms of caller audio (``on_audio``): mu-law frame -> agent
+history -> decode -> 8->16 kHz -> VAD -> turn machine -> commands.
+Outbound, per media-clock tick (``on_tick``): one frame from the playout
+queue to the transport, and the queue's passed marks after it.
+
+Times given to the turn machine are the call's inbound media time in ms
+(20 ms per inbound frame), since carriers stream caller audio continuously,
+silence included.  Nothing here awaits: transports buffer or drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.framebuf import FrameBuffer
+from engine.g711 import ulaw_decode_into
+from engine.playout import PlayoutQueue
+from engine.polyphase import PolyphaseResampler
+from engine.turn import (
+    ClearPlayout,
+    Commands,
+    FalseInterruption,
+    Interrupted,
+    PausePlayout,
+    ResumePlayout,
+    StartResponse,
+    TurnConfig,
+    TurnMachine,
+)
+from engine.vad import Vad
+from server.agents.echo import EchoAgent
+from server.config import AgentSection
+from server.transport import (
+    AudioIn,
+    CallStarted,
+    Dtmf,
+    Hangup,
+    MarkPlayed,
+    Transport,
+    TransportEvent,
+)
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+WIRE_RATE_HZ = 8000
+VAD_RATE_HZ = 16000
+WIRE_FRAME_BYTES = 160  # 20 ms of mu-law
+ULAW_SILENCE = 0xFF
+END_MARK_PREFIX = "end-"
+
+
+@dataclass(slots=True)
+class CallStats:
+    """Per-call counters, summed into process metrics when the call ends."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    turns: int = 0
+    interruptions: int = 0
+    false_interruptions: int = 0
+    dtmf: int = 0
+    clears: int = 0
+
+
+def turn_config_for(agent: AgentSection) -> TurnConfig:
+    """Turn-taking parameters from the agent configuration."""
+    return TurnConfig(
+        min_delay_ms=agent.endpointing_ms,
+        max_delay_ms=max(agent.endpointing_ms, 3000),
+        min_interruption_ms=agent.min_interruption_ms,
+        false_interruption_timeout_ms=agent.false_interruption_timeout_ms,
+    )
+
+
+class Call:
+    """Engine state and echo agent for one call, driven by events and the media clock."""
+
+    def __init__(self, call_id: str, transport: Transport, config: AgentSection) -> None:
+        self.call_id = call_id
+        self.transport = transport
+        self.agent = EchoAgent(preroll_ms=config.preroll_ms)
+        self.turn = TurnMachine(turn_config_for(config))
+        self.vad = Vad()
+        self.stats = CallStats()
+        self.ended = False
+        self._inbound = FrameBuffer(WIRE_FRAME_BYTES, WIRE_FRAME_BYTES * 50)
+        self._up = PolyphaseResampler(WIRE_RATE_HZ, VAD_RATE_HZ)
+        self._ulaw_in = bytearray(WIRE_FRAME_BYTES)
+        self._pcm8k = np.zeros(WIRE_FRAME_BYTES, dtype=np.int16)
+        self._pcm16k = np.zeros(self._up.max_output(WIRE_FRAME_BYTES), dtype=np.int16)
+        self._playout = PlayoutQueue(WIRE_FRAME_BYTES, FRAME_MS, ULAW_SILENCE)
+        self._wire_out = bytearray(WIRE_FRAME_BYTES)
+        self._inbound_ms = 0
+        self._playing_generation = -1  # generation whose audio is being sent
+        self._done_generation = -1  # generation fully queued, not yet reported done
+
+    @property
+    def now_ms(self) -> int:
+        """The call's inbound media time (ms)."""
+        return self._inbound_ms
+
+    # -- inbound ---------------------------------------------------------------------
+
+    def on_event(self, event: TransportEvent) -> None:
+        """Handle one event from the transport."""
+        if self.ended:
+            return
+        if isinstance(event, AudioIn):
+            self.on_audio(event.payload)
+        elif isinstance(event, MarkPlayed):
+            self._on_mark(event)
+        elif isinstance(event, Dtmf):
+            self.stats.dtmf += 1
+            self._apply(self.turn.on_dtmf(event.digit, self._inbound_ms))
+        elif isinstance(event, Hangup):
+            self.end(event.reason)
+        elif isinstance(event, CallStarted):
+            log.info("call %s started (stream %s)", self.call_id, event.stream_id)
+
+    def on_audio(self, ulaw: bytes) -> None:
+        """Caller audio (mu-law, any length); processed in whole 20 ms frames."""
+        self._inbound.push(ulaw)
+        while self._inbound.pop_into(self._ulaw_in):
+            now_ms = self._inbound_ms
+            self.stats.frames_in += 1
+            self.agent.on_caller_audio(self._ulaw_in, now_ms)
+            ulaw_decode_into(self._ulaw_in, self._pcm8k)
+            self._up.process_into(self._pcm8k, self._pcm16k)
+            event = self.vad.process(self._pcm16k, now_ms)
+            if event is not None:
+                self._apply(self.turn.on_vad_event(event, now_ms))
+            commands = self.turn.tick(now_ms, self.vad.voiced_until_ms)
+            if commands:
+                self._apply(commands)
+            self._inbound_ms = now_ms + FRAME_MS
+
+    def _on_mark(self, event: MarkPlayed) -> None:
+        if not event.played or not event.name.startswith(END_MARK_PREFIX):
+            return
+        try:
+            generation = int(event.name[len(END_MARK_PREFIX) :])
+        except ValueError:
+            return
+        self._apply(self.turn.on_playout_finished(generation, self._inbound_ms))
+
+    # -- turn commands -----------------------------------------------------------------
+
+    def _apply(self, commands: Commands) -> None:
+        for command in commands:
+            if isinstance(command, StartResponse):
+                self._respond(command)
+            elif isinstance(command, PausePlayout):
+                self._playout.pause()
+            elif isinstance(command, ResumePlayout):
+                self._playout.resume()
+            elif isinstance(command, ClearPlayout):
+                self._playout.clear(max(self._playout.generation, command.generation + 1))
+                self.transport.clear()
+                self.stats.clears += 1
+            elif isinstance(command, Interrupted):
+                self.stats.interruptions += 1
+            elif isinstance(command, FalseInterruption):
+                self.stats.false_interruptions += 1
+
+    def _respond(self, command: StartResponse) -> None:
+        generation = command.generation
+        now_ms = self._inbound_ms
+        self.stats.turns += 1
+        start, end = command.speech_start_ms, command.speech_end_ms
+        reply = b"" if start is None or end is None else self.agent.reply(start, end)
+        self._apply(self.turn.on_response_started(generation, now_ms))
+        if reply and self._playout.push(reply, generation):
+            self._playout.end_of_segment(generation)
+            self._playout.mark(f"{END_MARK_PREFIX}{generation}", generation)
+            # The whole reply is queued; tell the machine once it starts playing
+            # (done before any audio means "nothing to say" to it).
+            self._done_generation = generation
+        else:
+            self._apply(self.turn.on_response_done(generation, now_ms))
+
+    # -- outbound (media clock) --------------------------------------------------------
+
+    def on_tick(self) -> None:
+        """Send the next outbound frame, if any; called by the media clock every 20 ms."""
+        if self.ended or not self._playout.pop_into(self._wire_out):
+            return
+        generation = self._playout.playing_generation
+        if generation != self._playing_generation:
+            self._playing_generation = generation
+            self._apply(self.turn.on_playout_started(generation, self._inbound_ms))
+            if generation == self._done_generation:
+                self._apply(self.turn.on_response_done(generation, self._inbound_ms))
+        self.transport.send_audio(bytes(self._wire_out))
+        self.stats.frames_out += 1
+        for name in self._playout.take_played_marks():
+            self.transport.mark(name)
+
+    def end(self, reason: str) -> None:
+        """Stop the call's work; idempotent."""
+        if not self.ended:
+            self.ended = True
+            log.info("call %s ended: %s (%s)", self.call_id, reason, self.stats)

@@ -1,0 +1,144 @@
+"""A call driven frame by frame: echo replies, marks, barge-in and false interruptions.
+
+The transport is a recording fake and the media clock is stepped in lockstep
+with the caller's audio (one inbound frame, one tick), as the server does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.g711 import ulaw_encode
+from engine.turn import TurnState
+from server.call import Call
+from server.config import AgentSection
+from server.transport import Dtmf, Hangup, MarkPlayed
+from tests import speech
+
+FRAME = 160  # 20 ms of mu-law
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, object]] = []
+
+    def send_audio(self, frame: bytes) -> None:
+        self.log.append(("audio", frame))
+
+    def clear(self) -> None:
+        self.log.append(("clear", None))
+
+    def mark(self, name: str) -> None:
+        self.log.append(("mark", name))
+
+    def hangup(self) -> None:
+        self.log.append(("hangup", None))
+
+    def audio(self) -> bytes:
+        return b"".join(f for kind, f in self.log if kind == "audio")  # type: ignore[misc]
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.log]
+
+
+def wire(pcm: npt.NDArray[np.int16]) -> list[bytes]:
+    n = len(pcm) // FRAME * FRAME
+    data = ulaw_encode(pcm[:n].tobytes())
+    return [data[i : i + FRAME] for i in range(0, n, FRAME)]
+
+
+def run(call: Call, frames: list[bytes]) -> None:
+    for frame in frames:
+        call.on_audio(frame)
+        call.on_tick()
+
+
+def make_call(**agent: int) -> tuple[Call, RecordingTransport]:
+    transport = RecordingTransport()
+    config = AgentSection(
+        endpointing_ms=agent.get("endpointing_ms", 200),
+        min_interruption_ms=agent.get("min_interruption_ms", 300),
+        false_interruption_timeout_ms=agent.get("false_interruption_timeout_ms", 600),
+    )
+    return Call("CA1", transport, config), transport
+
+
+def test_echo_reply_is_the_utterance_as_heard() -> None:
+    call, transport = make_call()
+    utterance = wire(speech.speech("please call me back tomorrow", 8000))
+    lead = wire(speech.silence(1000, 8000))
+    run(call, lead + utterance)
+    assert transport.audio() == b""  # nothing while the caller speaks
+    run(call, wire(speech.silence(3000, 8000)))
+    reply = transport.audio()
+    heard = b"".join(lead + utterance)
+    # The reply is a contiguous slice of what the caller sent, covering the utterance.
+    body = b"".join(utterance[2:-2])
+    assert body in reply
+    assert reply in heard + bytes([0xFF]) * FRAME
+    assert call.stats.turns == 1
+    # One mark after the last reply frame.
+    kinds = transport.kinds()
+    assert kinds.count("mark") == 1 and kinds[-1] == "mark"
+    assert call.turn.state is TurnState.BOT_SPEAKING
+    mark = transport.log[-1][1]
+    assert isinstance(mark, str)
+    call.on_event(MarkPlayed(mark, played=True))
+    assert call.turn.state is TurnState.LISTENING
+
+
+def test_reply_starts_after_endpointing_delay() -> None:
+    call, transport = make_call(endpointing_ms=200)
+    utterance = wire(speech.speech("hello there", 8000))
+    run(call, wire(speech.silence(600, 8000)) + utterance)
+    frames_before = len(transport.log)
+    waited = 0
+    for frame in wire(speech.silence(2000, 8000)):
+        run(call, [frame])
+        waited += 20
+        if len(transport.log) > frames_before:
+            break
+    # VAD stop detection plus the 200 ms endpoint, within a few frames.
+    assert 200 <= waited <= 200 + 400
+
+
+def test_barge_in_pauses_then_clears() -> None:
+    call, transport = make_call(min_interruption_ms=300)
+    run(call, wire(speech.silence(600, 8000)))
+    run(call, wire(speech.speech("tell me about the weather today in paris", 8000)))
+    run(call, wire(speech.silence(800, 8000)))  # reply playing, past the echo guard
+    assert call.turn.state is TurnState.BOT_SPEAKING
+    sent_before = call.stats.frames_out
+    run(call, wire(speech.speech("no stop stop that is not what I asked", 8000)))
+    assert "clear" in transport.kinds()
+    assert call.stats.interruptions == 1
+    # Playout stopped within a few frames of the interruption's onset.
+    assert call.stats.frames_out - sent_before <= 10
+
+
+def test_cough_during_reply_resumes() -> None:
+    call, transport = make_call(min_interruption_ms=400, false_interruption_timeout_ms=400)
+    run(call, wire(speech.silence(600, 8000)))
+    run(call, wire(speech.speech("read me the whole list of options please", 8000)))
+    run(call, wire(speech.silence(800, 8000)))  # reply playing, past the echo guard
+    assert call.turn.state is TurnState.BOT_SPEAKING
+    run(call, wire(speech.cough(rate_hz=8000)))
+    run(call, wire(speech.silence(1500, 8000)))
+    assert "clear" not in transport.kinds()
+    assert call.stats.false_interruptions == 1
+    assert call.stats.interruptions == 0
+
+
+def test_dtmf_cuts_the_bot_off_and_hangup_ends() -> None:
+    call, transport = make_call()
+    run(call, wire(speech.silence(600, 8000)))
+    run(call, wire(speech.speech("what are your opening hours", 8000)))
+    run(call, wire(speech.silence(400, 8000)))
+    call.on_event(Dtmf("5"))
+    assert "clear" in transport.kinds()
+    call.on_event(Hangup("stop"))
+    assert call.ended
+    n = len(transport.log)
+    run(call, wire(speech.silence(200, 8000)))
+    assert len(transport.log) == n  # nothing after hangup
