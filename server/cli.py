@@ -17,8 +17,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start the media server")
     serve.add_argument("--config", type=Path, help="TOML configuration file")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port to listen on (default 8080)")
+    serve.add_argument("--agent", choices=["echo"], help="the agent that answers calls")
+    serve.add_argument(
+        "--endpointing-ms", type=int, help="silence before the caller's turn ends (default 200)"
+    )
 
     bench = commands.add_parser("bench", help="run benchmarks")
     bench_kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
@@ -43,15 +47,42 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from server.app import serve
+    from server.config import ConfigError, load_config
+
+    try:
+        config = load_config(
+            args.config,
+            overrides={
+                "server.host": args.host,
+                "server.port": args.port,
+                "agent.name": args.agent,
+                "agent.endpointing_ms": args.endpointing_ms,
+            },
+        )
+    except ConfigError as exc:
+        print(f"voxgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        return uvloop.run(serve(config))
+    except ImportError:
+        return asyncio.run(serve(config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "serve":
-        print(
-            "voxgate: the media server arrives with the next step (issue 'Server core');\n"
-            "for now the audio engine is built and `voxgate bench engine` measures it.",
-            file=sys.stderr,
-        )
-        return 0
+        return _serve(args)
     if args.command == "bench" and args.bench_kind == "engine":
         from server.benchreport import run_engine_benchmarks
 

@@ -66,5 +66,5 @@ def test_quality_tables_are_collected_once() -> None:
     assert "frames_lost" in format_rows(rows)
 
 
-def test_serve_placeholder_exits_cleanly() -> None:
-    assert main(["serve"]) == 0
+def test_serve_refuses_bad_configuration() -> None:
+    assert main(["serve", "--port", "70000"]) == 2

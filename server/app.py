@@ -1,0 +1,136 @@
+"""The aiohttp application: routes, the call registry, the media clock, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.call import Call
+from server.config import Config
+from server.mediaclock import MediaClock
+from server.metrics import Metrics
+from server.twilio_route import media_stream, voice_webhook
+
+log = logging.getLogger(__name__)
+
+
+class CallRegistry:
+    """Live calls of this process, the media clock that serves them, and admission."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.calls: dict[int, Call] = {}
+        self.draining = False
+        self.clock = MediaClock(self._tick)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def refusal(self) -> str | None:
+        """Why a new call would be refused now (``None``: it is accepted)."""
+        if self.draining:
+            return "draining"
+        if len(self.calls) >= self.config.server.max_calls:
+            return "full"
+        return None
+
+    def add(self, call: Call) -> None:
+        self.calls[id(call)] = call
+        self._idle.clear()
+        self.metrics.active_calls.set(len(self.calls))
+
+    def remove(self, call: Call, transport: str, reason: str) -> None:
+        if self.calls.pop(id(call), None) is not None:
+            self.metrics.calls.labels(transport, reason).inc()
+            self.metrics.active_calls.set(len(self.calls))
+        if not self.calls:
+            self._idle.set()
+
+    def _tick(self, tick: int, media_ms: int) -> None:
+        for call in list(self.calls.values()):
+            call.on_tick()
+        stats = self.clock.stats
+        self.metrics.clock_lateness.observe(max(0.0, stats.late_ms_last) / 1000)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new calls and wait for live ones to end; ``True`` if they all did."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    registry: CallRegistry = request.app["registry"]
+    refusal = registry.refusal()
+    if refusal is not None:
+        return web.Response(status=503, text=f"{refusal}\n")
+    return web.Response(text="ready\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry: CallRegistry = request.app["registry"]
+    body = generate_latest(registry.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(config: Config) -> web.Application:
+    """The application for ``config``; the media clock runs while it is up."""
+    app = web.Application()
+    registry = CallRegistry(config, Metrics())
+    app["registry"] = registry
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/twilio", media_stream)
+    app.router.add_post("/twilio/voice", voice_webhook)
+
+    async def start_clock(app: web.Application) -> None:
+        registry.clock.start()
+
+    async def stop_clock(app: web.Application) -> None:
+        registry.clock.stop()
+
+    app.on_startup.append(start_clock)
+    app.on_cleanup.append(stop_clock)
+    return app
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT, then drain (bounded by ``drain_timeout_s``) and exit 0."""
+    app = build_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    host, port = config.server.host, config.server.port
+    log.info("voxgate listening on http://%s:%d", host, port)
+    print(
+        f"voxgate: listening on http://{host}:{port}\n"
+        f"  Twilio Media Streams: ws://{host}:{port}/twilio "
+        f"(webhook: POST http://{host}:{port}/twilio/voice)\n"
+        f"  health: /healthz  readiness: /readyz  metrics: /metrics",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    registry: CallRegistry = app["registry"]
+    log.info("draining %d calls (up to %.0f s)", len(registry.calls), config.server.drain_timeout_s)
+    drained = await registry.drain(config.server.drain_timeout_s)
+    if not drained:
+        log.warning("drain timeout: %d calls still live", len(registry.calls))
+    await runner.cleanup()
+    return 0

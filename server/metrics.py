@@ -1,0 +1,43 @@
+"""Process metrics, exported in Prometheus text format at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One registry per server, so tests can run several servers in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_calls = Gauge("voxgate_active_calls", "Calls in progress", registry=r)
+        self.calls = Counter(
+            "voxgate_calls",
+            "Calls ended, by transport and reason",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.refused_calls = Counter(
+            "voxgate_refused_calls", "Calls refused, by reason", ["reason"], registry=r
+        )
+        self.bad_messages = Counter(
+            "voxgate_bad_messages",
+            "Malformed or unexpected wire messages",
+            ["transport"],
+            registry=r,
+        )
+        self.dropped_frames = Counter(
+            "voxgate_outbound_dropped_frames",
+            "Outbound frames dropped for a slow peer",
+            registry=r,
+        )
+        self.clock_lateness = Histogram(
+            "voxgate_media_clock_lateness_seconds",
+            "How late media-clock ticks ran",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=r,
+        )
+        self.clock_skipped = Counter(
+            "voxgate_media_clock_skipped_ticks", "Ticks skipped after a stall", registry=r
+        )

@@ -1,0 +1,187 @@
+"""The ``/twilio`` WebSocket and ``/twilio/voice`` webhook: Twilio's wire format on aiohttp.
+
+The wire format itself is :mod:`server.transports.twilio`; this module only
+moves its messages over a socket and joins them to a :class:`server.call.Call`.
+Outbound messages go through a small per-call queue drained by one writer
+task, so a slow or stalled peer never blocks the media clock: when its queue
+is full, frames are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from server.call import Call
+from server.transport import CallStarted, Hangup
+from server.transports import twilio
+
+if TYPE_CHECKING:
+    from server.app import CallRegistry
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_QUEUE_MESSAGES = 50
+"""Outbound messages (about a second of audio) a slow peer may fall behind by."""
+
+
+class TwilioSocketTransport:
+    """:class:`server.transport.Transport` over one Twilio Media Streams WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, stream: twilio.TwilioStream) -> None:
+        self._ws = ws
+        self._stream = stream
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(OUTBOUND_QUEUE_MESSAGES)
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self.dropped = 0
+        self._closing = False
+
+    def _put(self, message: str | None) -> None:
+        if message is None or self._closing:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def send_audio(self, frame: bytes) -> None:
+        self._put(self._stream.media_message(frame))
+
+    def clear(self) -> None:
+        self._put(self._stream.clear_message())
+
+    def mark(self, name: str) -> None:
+        if self._stream.can_send:
+            self._put(self._stream.mark_message(name))
+
+    def hangup(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._queue.put_nowait(None) if not self._queue.full() else None
+            asyncio.get_running_loop().create_task(self._ws.close())
+
+    async def _write(self) -> None:
+        ws = self._ws
+        while True:
+            message = await self._queue.get()
+            if message is None or ws.closed:
+                return
+            try:
+                await ws.send_str(message)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+def public_ws_url(request: web.Request, public_url: str | None) -> str:
+    """The exact ``wss://`` URL Twilio was given for ``/twilio`` (what it signs)."""
+    base = public_url.rstrip("/") if public_url else f"https://{request.host}"
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    return base + request.rel_url.path
+
+
+def stream_url(request: web.Request, public_url: str | None) -> str:
+    """The ``wss://`` URL of ``/twilio`` to put in TwiML (Twilio accepts only wss)."""
+    base = public_url.rstrip("/") if public_url else f"https://{request.host}"
+    return "wss://" + base.partition("://")[2] + "/twilio"
+
+
+def public_http_url(request: web.Request, public_url: str | None) -> str:
+    """The exact URL Twilio posted the webhook to (what it signs)."""
+    base = public_url.rstrip("/") if public_url else f"{request.scheme}://{request.host}"
+    return base + str(request.rel_url)
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    """``POST /twilio/voice``: answer an incoming call with ``<Connect><Stream>``."""
+    registry: CallRegistry = request.app["registry"]
+    config = registry.config
+    params = {k: str(v) for k, v in (await request.post()).items()}
+    token = config.twilio.auth_token
+    if token is not None:
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = public_http_url(request, config.server.public_url)
+        if not twilio.validate_signature(token, url, params, signature):
+            registry.metrics.refused_calls.labels("bad_signature").inc()
+            log.warning("webhook refused: bad X-Twilio-Signature for %s", url)
+            raise web.HTTPForbidden(text="bad signature")
+    ws_url = stream_url(request, config.server.public_url)
+    parameters: dict[str, str] = {k: params[k] for k in ("CallSid", "From", "To") if k in params}
+    body = twilio.twiml_connect_stream(ws_url, parameters)
+    return web.Response(text=body, content_type="application/xml")
+
+
+async def media_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /twilio``: one bidirectional Media Stream, i.e. one call."""
+    registry: CallRegistry = request.app["registry"]
+    config = registry.config
+    token = config.twilio.auth_token
+    if token is not None:
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = public_ws_url(request, config.server.public_url)
+        if not twilio.validate_signature(token, url, None, signature):
+            registry.metrics.refused_calls.labels("bad_signature").inc()
+            log.warning("media stream refused: bad X-Twilio-Signature for %s", url)
+            raise web.HTTPForbidden(text="bad signature")
+    refusal = registry.refusal()
+    if refusal is not None:
+        registry.metrics.refused_calls.labels(refusal).inc()
+        raise web.HTTPServiceUnavailable(text=refusal)
+
+    ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES + 1024, autoping=True)
+    await ws.prepare(request)
+    stream = twilio.TwilioStream(bidirectional=True)
+    transport = TwilioSocketTransport(ws, stream)
+    call: Call | None = None
+    reason = "closed"
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                result = stream.receive(message.data)
+            elif message.type == WSMsgType.BINARY:
+                registry.metrics.bad_messages.labels("twilio").inc()
+                log.warning("call %s: binary frame on a text-only protocol", stream.call_sid)
+                await ws.close(code=1003, message=b"text frames only")
+                reason = "protocol_error"
+                break
+            else:
+                break
+            if result is None:
+                continue
+            if isinstance(result, twilio.StreamFault):
+                registry.metrics.bad_messages.labels("twilio").inc()
+                log.warning("call %s: %s", stream.call_sid or "-", result.reason)
+                if result.close_code is not None:
+                    await ws.close(code=result.close_code, message=result.reason.encode()[:120])
+                    reason = "protocol_error"
+                    break
+                continue
+            if isinstance(result, CallStarted):
+                call = Call(result.call_id, transport, config.agent)
+                registry.add(call)
+            if call is not None:
+                call.on_event(result)
+            if isinstance(result, Hangup):
+                reason = result.reason
+                break
+    finally:
+        if call is not None:
+            call.end(reason)
+            registry.remove(call, "twilio", reason)
+        registry.metrics.dropped_frames.inc(transport.dropped)
+        await transport.aclose()
+        if not ws.closed:
+            await ws.close()
+    return ws
