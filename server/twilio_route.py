@@ -104,19 +104,30 @@ def public_http_url(request: web.Request, public_url: str | None) -> str:
     return base + str(request.rel_url)
 
 
+def _require_signature(
+    request: web.Request, registry: CallRegistry, url: str, params: dict[str, str] | None
+) -> None:
+    """Refuse with 403 unless X-Twilio-Signature signs ``url`` (+ ``params``), when required."""
+    token = registry.config.twilio.auth_token
+    if token is None:
+        return
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not twilio.validate_signature(token, url, params, signature):
+        registry.metrics.refused_calls.labels("bad_signature").inc()
+        log.warning(
+            "%s %s refused: bad X-Twilio-Signature for %s", request.method, request.path, url
+        )
+        raise web.HTTPForbidden(text="bad signature")
+
+
 async def voice_webhook(request: web.Request) -> web.Response:
     """``POST /twilio/voice``: answer an incoming call with ``<Connect><Stream>``."""
     registry: CallRegistry = request.app["registry"]
     config = registry.config
     params = {k: str(v) for k, v in (await request.post()).items()}
-    token = config.twilio.auth_token
-    if token is not None:
-        signature = request.headers.get("X-Twilio-Signature", "")
-        url = public_http_url(request, config.server.public_url)
-        if not twilio.validate_signature(token, url, params, signature):
-            registry.metrics.refused_calls.labels("bad_signature").inc()
-            log.warning("webhook refused: bad X-Twilio-Signature for %s", url)
-            raise web.HTTPForbidden(text="bad signature")
+    _require_signature(
+        request, registry, public_http_url(request, config.server.public_url), params
+    )
     ws_url = stream_url(request, config.server.public_url)
     parameters: dict[str, str] = {k: params[k] for k in ("CallSid", "From", "To") if k in params}
     body = twilio.twiml_connect_stream(ws_url, parameters)
@@ -127,14 +138,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     """``GET /twilio``: one bidirectional Media Stream, i.e. one call."""
     registry: CallRegistry = request.app["registry"]
     config = registry.config
-    token = config.twilio.auth_token
-    if token is not None:
-        signature = request.headers.get("X-Twilio-Signature", "")
-        url = public_ws_url(request, config.server.public_url)
-        if not twilio.validate_signature(token, url, None, signature):
-            registry.metrics.refused_calls.labels("bad_signature").inc()
-            log.warning("media stream refused: bad X-Twilio-Signature for %s", url)
-            raise web.HTTPForbidden(text="bad signature")
+    _require_signature(request, registry, public_ws_url(request, config.server.public_url), None)
     refusal = registry.refusal()
     if refusal is not None:
         registry.metrics.refused_calls.labels(refusal).inc()
