@@ -59,9 +59,9 @@ class TwilioSocketTransport:
             self._put(self._stream.mark_message(name))
 
     def hangup(self) -> None:
+        """Close the socket (Twilio then runs the TwiML after ``<Connect>``); idempotent."""
         if not self._closing:
             self._closing = True
-            self._queue.put_nowait(None) if not self._queue.full() else None
             asyncio.get_running_loop().create_task(self._ws.close())
 
     async def _write(self) -> None:
