@@ -62,6 +62,18 @@ def _check_rate(rate_hz: int) -> None:
         raise ValueError(f"sample rate must be a positive integer in Hz, got {rate_hz!r}")
 
 
+def check_supported_rate(name: str, rate_hz: object) -> int:
+    """``rate_hz`` if it is in :data:`SUPPORTED_RATES_HZ`, else ``ValueError`` naming ``name``."""
+    if (
+        not isinstance(rate_hz, int)
+        or isinstance(rate_hz, bool)
+        or rate_hz not in SUPPORTED_RATES_HZ
+    ):
+        rates = ", ".join(map(str, SUPPORTED_RATES_HZ))
+        raise ValueError(f"{name} {rate_hz!r} Hz is not supported; use one of {rates}")
+    return rate_hz
+
+
 @dataclass(frozen=True, slots=True)
 class AudioFormat:
     """How one stream of audio is framed on some wire or inside the engine.

@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine._polyphase import COEF_BITS, MAX_BRANCH_ABS_SUM, PolyphaseKernel
-from engine.format import SUPPORTED_RATES_HZ
+from engine.format import check_supported_rate
 
 if TYPE_CHECKING:
     from engine._polyphase import BufferLike
@@ -106,18 +106,6 @@ class PolyphaseDesign:
         return self.delay_samples * 1000 / self.out_rate_hz
 
 
-def check_rate(name: str, rate_hz: object) -> int:
-    """``rate_hz`` if it is one of the supported rates, else ``ValueError``."""
-    if (
-        not isinstance(rate_hz, int)
-        or isinstance(rate_hz, bool)
-        or rate_hz not in SUPPORTED_RATES_HZ
-    ):
-        rates = ", ".join(map(str, SUPPORTED_RATES_HZ))
-        raise ValueError(f"{name} {rate_hz!r} Hz is not supported; use one of {rates}")
-    return rate_hz
-
-
 def check_quality(quality: object) -> str:
     """``quality`` if it names a recipe in :data:`QUALITIES`, else ``ValueError``."""
     if not isinstance(quality, str) or quality not in QUALITIES:
@@ -128,8 +116,8 @@ def check_quality(quality: object) -> str:
 def design_filter(in_rate_hz: int, out_rate_hz: int, quality: str = "telephony") -> PolyphaseDesign:
     """The filter for this configuration; designed on first use, then cached."""
     return _design(
-        check_rate("in_rate_hz", in_rate_hz),
-        check_rate("out_rate_hz", out_rate_hz),
+        check_supported_rate("in_rate_hz", in_rate_hz),
+        check_supported_rate("out_rate_hz", out_rate_hz),
         check_quality(quality),
     )
 

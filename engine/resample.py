@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from engine.format import SUPPORTED_RATES_HZ
+from engine.format import check_supported_rate
 
 PcmChunk: TypeAlias = bytes | bytearray | memoryview | npt.NDArray[np.int16]
 """Mono int16 PCM: little-endian bytes, or a 1-D numpy ``int16`` array."""
@@ -74,16 +74,6 @@ def as_int16(pcm: PcmChunk) -> npt.NDArray[np.int16]:
             raise ValueError(f"{view.nbytes} bytes is not a whole number of 16-bit samples")
         return np.frombuffer(view, dtype="<i2")
     raise ValueError(f"PCM must be bytes-like or an int16 numpy array, got {type(pcm).__name__}")
-
-
-def _check_rate(name: str, rate_hz: int) -> None:
-    if (
-        not isinstance(rate_hz, int)
-        or isinstance(rate_hz, bool)
-        or rate_hz not in SUPPORTED_RATES_HZ
-    ):
-        rates = ", ".join(map(str, SUPPORTED_RATES_HZ))
-        raise ValueError(f"{name} {rate_hz!r} Hz is not supported; use one of {rates}")
 
 
 def _saturate(y: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
@@ -125,8 +115,8 @@ class StreamResampler:
     __slots__ = ("_delay_ms", "_in_rate_hz", "_out_rate_hz", "_quality", "_stream")
 
     def __init__(self, in_rate_hz: int, out_rate_hz: int, quality: str = "HQ") -> None:
-        _check_rate("in_rate_hz", in_rate_hz)
-        _check_rate("out_rate_hz", out_rate_hz)
+        check_supported_rate("in_rate_hz", in_rate_hz)
+        check_supported_rate("out_rate_hz", out_rate_hz)
         if quality not in QUALITIES:
             raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
         self._in_rate_hz = in_rate_hz
