@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from engine import PCMU8K, AudioFormat
 from engine._framebuf import FrameBuffer as NativeFrameBuffer
 from engine.framebuf import FrameBuffer, frame_buffer_for, pcm_frame_buffer
 from engine.reference.framebuf import FrameBuffer as ReferenceFrameBuffer
+from tests.allocation import peak_growth
 
 IMPLS = [NativeFrameBuffer, ReferenceFrameBuffer]
 
@@ -225,15 +225,7 @@ def test_push_and_pop_allocate_nothing_per_frame() -> None:
             fb.push_within(chunk)
             fb.pop()
 
-    run(10)  # warm up
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        run(10_000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak - base < 10_000  # under one byte per iteration: nothing per frame
+    assert peak_growth(run, 10_000) < 10_000  # under one byte per iteration: nothing per frame
 
 
 # --- native == reference over random operation sequences -------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import array
-import gc
-import tracemalloc
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -17,6 +15,7 @@ from hypothesis import strategies as st
 
 from engine import g711, l16
 from engine.reference import g711 as ref
+from tests.allocation import traced_growth
 
 ALL_PCM = np.arange(-32768, 32768, dtype=np.int16)
 ALL_CODES = np.arange(256, dtype=np.uint8)
@@ -444,21 +443,6 @@ def test_any_buffer_combination_is_a_result_or_value_error(
 
 
 # ---------------------------------------------------------------- allocation
-
-
-def traced_growth(fn: Callable[..., object], *args: Any) -> tuple[int, int]:
-    """(retained, peak) bytes traced by tracemalloc over 100 calls of ``fn(*args)``."""
-    fn(*args)  # warm up
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        for _ in range(100):
-            fn(*args)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return after - before, peak - before
 
 
 def test_into_functions_allocate_nothing_per_call() -> None:

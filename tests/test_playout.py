@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from engine import PCMU8K, AudioFormat
 from engine.playout import PlayoutQueue
+from tests.allocation import peak_growth
 
 FRAME = 160  # mu-law bytes per 20 ms
 
@@ -285,15 +285,7 @@ def test_push_and_pop_allocate_nothing_per_frame() -> None:
             q.pop_into(out)
             q.take_played_marks()
 
-    run(10)  # warm up
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        run(10_000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak - base < 10_000  # under one byte per iteration: nothing per frame
+    assert peak_growth(run, 10_000) < 10_000  # under one byte per iteration: nothing per frame
 
 
 # --- scripted random sessions against a plain model -------------------------

@@ -4,11 +4,8 @@ passband fidelity, alias rejection, delay, saturation, validation, no allocation
 from __future__ import annotations
 
 import array
-import gc
 import itertools
 import operator
-import tracemalloc
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ from engine._polyphase import MAX_BRANCH_ABS_SUM, PolyphaseKernel
 from engine.format import SUPPORTED_RATES_HZ
 from engine.polyphase import QUALITIES, PolyphaseResampler, design_filter
 from engine.reference.polyphase import PolyphaseReference, round_q14
+from tests.allocation import traced_growth
 
 PAIRS = list(itertools.permutations(SUPPORTED_RATES_HZ, 2))
 PAIR_IDS = [f"{a}-{b}" for a, b in PAIRS]
@@ -449,21 +447,6 @@ def test_kernel_refuses_bad_tables(args: tuple[Any, ...], match: str) -> None:
 
 
 # -------------------------------------------------------------------- allocation
-
-
-def traced_growth(fn: Callable[..., object], *args: Any) -> tuple[int, int]:
-    """(retained, peak) bytes traced by tracemalloc over 100 calls of ``fn(*args)``."""
-    fn(*args)  # warm up
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        for _ in range(100):
-            fn(*args)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return after - before, peak - before
 
 
 def test_process_into_allocates_nothing_per_call() -> None:
