@@ -1,0 +1,1 @@
+"""Provider clients: STT, LLM, TTS and speech-to-speech, behind the protocols in :mod:`.base`."""
