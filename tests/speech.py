@@ -1,85 +1,42 @@
 """Test signals: real synthesised speech (espeak-ng) and scripted noise, as int16 arrays.
 
-Speech is rendered once per (text, rate) with ``espeak-ng -w``, read with the
-stdlib ``wave`` module, resampled with soxr and cached as ``.npy`` in a temp
-directory (and in memory).  Every other signal is generated from a seeded RNG,
-so all tests are deterministic.  Levels are RMS dBFS relative to full scale
-32768, as in :mod:`engine.energy`.
+Speech is rendered once per (text, rate) by :func:`server.espeak_cli.synthesize`
+and cached as ``.npy`` in a temp directory (and in memory).  Every other
+signal is generated from a seeded RNG, so all tests are deterministic.
+Levels are RMS dBFS relative to full scale 32768, as in :mod:`engine.energy`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import shutil
-import subprocess
 import tempfile
-import wave
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import soxr
+
+from server.espeak_cli import DEFAULT_VOICE, DEFAULT_WORDS_PER_MINUTE, synthesize
 
 Pcm = npt.NDArray[np.int16]
 
-ESPEAK_VOICE: Final = "en-us"
-ESPEAK_WORDS_PER_MINUTE: Final = 160
 CACHE_DIR: Final = Path(tempfile.gettempdir()) / "voxgate-test-speech"
-
-
-class EspeakMissingError(RuntimeError):
-    """espeak-ng is not installed."""
-
-
-def _espeak() -> str:
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise EspeakMissingError(
-            "espeak-ng is needed to synthesise test speech but was not found on PATH; "
-            "`./voxgate.sh test` installs it (or: apt-get install espeak-ng)"
-        )
-    return path
 
 
 @functools.lru_cache(maxsize=64)
 def _speech_cached(text: str, rate_hz: int) -> bytes:
     key = hashlib.sha256(
-        f"trimmed|{ESPEAK_VOICE}|{ESPEAK_WORDS_PER_MINUTE}|{rate_hz}|{text}".encode()
+        f"trimmed|{DEFAULT_VOICE}|{DEFAULT_WORDS_PER_MINUTE}|{rate_hz}|{text}".encode()
     ).hexdigest()[:24]
     npy = CACHE_DIR / f"{key}.npy"
     if npy.exists():
         cached: Pcm = np.load(npy)
         return cached.tobytes()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    pcm = synthesize(text, rate_hz)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        wav_path = Path(tmp) / "speech.wav"
-        subprocess.run(
-            [
-                _espeak(),
-                "-v",
-                ESPEAK_VOICE,
-                "-s",
-                str(ESPEAK_WORDS_PER_MINUTE),
-                "-w",
-                str(wav_path),
-                text,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        with wave.open(str(wav_path), "rb") as w:
-            if w.getsampwidth() != 2 or w.getnchannels() != 1:
-                raise RuntimeError("espeak-ng did not write mono 16-bit PCM")
-            source_rate = w.getframerate()
-            raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
-        voiced = np.flatnonzero(raw)
-        if voiced.size:  # drop espeak-ng's leading and trailing digital silence
-            raw = raw[voiced[0] : voiced[-1] + 1]
-        pcm = raw if source_rate == rate_hz else soxr.resample(raw, source_rate, rate_hz)
-        pcm = np.ascontiguousarray(pcm, dtype=np.int16)
         partial = Path(tmp) / "speech.npy"
         np.save(partial, pcm)
         partial.replace(npy)  # atomic, so parallel test runs never read half a file

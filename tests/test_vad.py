@@ -175,12 +175,6 @@ def test_reset_forgets_ongoing_speech() -> None:
     assert vad.voiced_until_ms is None
 
 
-def test_speech_helper_says_how_to_install_espeak(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(speech.EspeakMissingError, match=r"\./voxgate\.sh test"):
-        speech._espeak()
-
-
 # --- SpeechHysteresis on scripted decisions -------------------------------------------------
 
 
