@@ -2,8 +2,10 @@
 
 Inbound, per 20 ms of caller audio (``on_audio``): mu-law frame -> agent
 history -> decode -> 8->16 kHz -> VAD -> turn machine -> commands.
-Outbound, per media-clock tick (``on_tick``): one frame from the playout
-queue to the transport, and the queue's passed marks after it.
+Outbound, per media-clock tick (``on_tick``): frames from the playout queue
+to the transport, keeping the far end ``lead_frames`` ahead of real time
+(enough to absorb a late tick, shallow enough that a pause is heard within a
+frame or two), and the queue's passed marks after them.
 
 Times given to the turn machine are the call's inbound media time in ms
 (20 ms per inbound frame), since carriers stream caller audio continuously,
@@ -32,7 +34,7 @@ from engine.turn import (
     TurnConfig,
     TurnMachine,
 )
-from engine.vad import Vad
+from engine.vad import Vad, VadConfig
 from server.agents.echo import EchoAgent
 from server.config import AgentSection
 from server.transport import (
@@ -53,6 +55,7 @@ VAD_RATE_HZ = 16000
 WIRE_FRAME_BYTES = 160  # 20 ms of mu-law
 ULAW_SILENCE = 0xFF
 END_MARK_PREFIX = "end-"
+MAX_LEAD_FRAMES = 2
 
 
 @dataclass(slots=True)
@@ -68,6 +71,19 @@ class CallStats:
     clears: int = 0
 
 
+def vad_config_for(agent: AgentSection) -> VadConfig:
+    """VAD settings whose stop hangover never outlasts the endpointing silence.
+
+    The turn ends ``endpointing_ms`` after the last speech frame, but the turn
+    machine only learns that speech stopped from the VAD: a longer hangover
+    would delay every turn by the difference.
+    """
+    default = VadConfig()
+    frame_ms = default.frame_ms
+    stop_ms = max(frame_ms, min(default.stop_ms, agent.endpointing_ms // frame_ms * frame_ms))
+    return VadConfig(stop_ms=stop_ms)
+
+
 def turn_config_for(agent: AgentSection) -> TurnConfig:
     """Turn-taking parameters from the agent configuration."""
     return TurnConfig(
@@ -81,12 +97,17 @@ def turn_config_for(agent: AgentSection) -> TurnConfig:
 class Call:
     """Engine state and echo agent for one call, driven by events and the media clock."""
 
-    def __init__(self, call_id: str, transport: Transport, config: AgentSection) -> None:
+    def __init__(
+        self, call_id: str, transport: Transport, config: AgentSection, lead_frames: int = 1
+    ) -> None:
+        if not 0 <= lead_frames <= MAX_LEAD_FRAMES:
+            raise ValueError(f"lead_frames must be in 0..{MAX_LEAD_FRAMES}, got {lead_frames}")
         self.call_id = call_id
         self.transport = transport
         self.agent = EchoAgent(preroll_ms=config.preroll_ms)
         self.turn = TurnMachine(turn_config_for(config))
-        self.vad = Vad()
+        self.vad = Vad(vad_config_for(config))
+        self.lead_frames = lead_frames
         self.stats = CallStats()
         self.ended = False
         self._inbound = FrameBuffer(WIRE_FRAME_BYTES, WIRE_FRAME_BYTES * 50)
@@ -97,6 +118,7 @@ class Call:
         self._playout = PlayoutQueue(WIRE_FRAME_BYTES, FRAME_MS, ULAW_SILENCE)
         self._wire_out = bytearray(WIRE_FRAME_BYTES)
         self._inbound_ms = 0
+        self._far_end_frames = 0  # frames sent and not yet played, by real time
         self._playing_generation = -1  # generation whose audio is being sent
         self._done_generation = -1  # generation fully queued, not yet reported done
 
@@ -133,12 +155,13 @@ class Call:
             ulaw_decode_into(self._ulaw_in, self._pcm8k)
             self._up.process_into(self._pcm8k, self._pcm16k)
             event = self.vad.process(self._pcm16k, now_ms)
+            # The call has now heard up to the end of this frame.
+            self._inbound_ms = heard_ms = now_ms + FRAME_MS
             if event is not None:
-                self._apply(self.turn.on_vad_event(event, now_ms))
-            commands = self.turn.tick(now_ms, self.vad.voiced_until_ms)
+                self._apply(self.turn.on_vad_event(event, heard_ms))
+            commands = self.turn.tick(heard_ms, self.vad.voiced_until_ms)
             if commands:
                 self._apply(commands)
-            self._inbound_ms = now_ms + FRAME_MS
 
     def _on_mark(self, event: MarkPlayed) -> None:
         if not event.played or not event.name.startswith(END_MARK_PREFIX):
@@ -161,6 +184,9 @@ class Call:
                 self._playout.resume()
             elif isinstance(command, ClearPlayout):
                 self._playout.clear(max(self._playout.generation, command.generation + 1))
+                # The pause was for the audio just dropped; the next reply plays at once.
+                self._playout.resume()
+                self._far_end_frames = 0
                 self.transport.clear()
                 self.stats.clears += 1
             elif isinstance(command, Interrupted):
@@ -187,9 +213,23 @@ class Call:
     # -- outbound (media clock) --------------------------------------------------------
 
     def on_tick(self) -> None:
-        """Send the next outbound frame, if any; called by the media clock every 20 ms."""
-        if self.ended or not self._playout.pop_into(self._wire_out):
+        """Send outbound frames due now; called by the media clock every 20 ms.
+
+        One frame of the far end's buffer played since the last tick; top it up
+        to ``lead_frames`` + 1 frames (the one playing and the lead).
+        """
+        if self.ended:
             return
+        if self._far_end_frames:
+            self._far_end_frames -= 1
+        while self._far_end_frames <= self.lead_frames and self._send_frame():
+            self._far_end_frames += 1
+        for name in self._playout.take_played_marks():
+            self.transport.mark(name)
+
+    def _send_frame(self) -> bool:
+        if not self._playout.pop_into(self._wire_out):
+            return False
         generation = self._playout.playing_generation
         if generation != self._playing_generation:
             self._playing_generation = generation
@@ -198,8 +238,7 @@ class Call:
                 self._apply(self.turn.on_response_done(generation, self._inbound_ms))
         self.transport.send_audio(bytes(self._wire_out))
         self.stats.frames_out += 1
-        for name in self._playout.take_played_marks():
-            self.transport.mark(name)
+        return not self.ended
 
     def end(self, reason: str) -> None:
         """Stop the call's work; idempotent."""

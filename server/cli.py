@@ -44,7 +44,76 @@ def _build_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "-k", dest="select", help="only benchmarks matching this pytest -k expression"
     )
+
+    load = bench_kinds.add_parser(
+        "load", help="Twilio Media Streams load test against a running or spawned server"
+    )
+    load.add_argument(
+        "--url", help="ws://host:port/twilio of a running server (default: spawn one pinned)"
+    )
+    load.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
+    load.add_argument("--duration", type=float, default=30.0, help="seconds per call (default 30)")
+    load.add_argument("--pid", type=int, help="server process to sample for CPU and RSS")
+    load.add_argument("--json", type=Path, help="write the summary to this JSON file")
+    load.add_argument("--plot", type=Path, help="write latency CDFs and CPU to this PNG")
+    load.add_argument("--workers", type=int, help="generator processes (default: 1 per 400 calls)")
+    load.add_argument("--ramp", type=float, help="seconds over which calls connect")
+    load.add_argument(
+        "--endpointing-ms", type=int, default=200, help="the server's endpointing (SLO)"
+    )
+    load.add_argument(
+        "--server-core", type=int, default=0, help="core a spawned server is pinned to"
+    )
+    load.add_argument(
+        "--find-capacity", action="store_true", help="ramp calls until the SLO fails"
+    )
+    load.add_argument("--start", type=int, default=100, help="capacity search: first step")
+    load.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
+    load.add_argument("--max", type=int, default=3000, help="capacity search: last step")
     return parser
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    import json
+
+    from server.loadgen import runner
+    from server.loadgen.plot import plot_summary
+
+    if args.calls < 1 or args.duration <= 0:
+        raise SystemExit("voxgate bench load: --calls and --duration must be positive")
+    plan = runner.LoadPlan(
+        url=args.url or "",
+        calls=args.calls,
+        duration_s=args.duration,
+        ramp_s=args.ramp,
+        workers=args.workers,
+        server_pid=args.pid,
+        endpointing_ms=args.endpointing_ms,
+    )
+    if args.find_capacity:
+        if args.url:
+            raise SystemExit("voxgate bench load: --find-capacity spawns its own servers")
+        summary = runner.find_capacity(plan, args.start, args.step, args.max, args.server_core)
+        print(f"capacity: {summary['calls_per_core']} calls on one core ({summary['stopped_by']})")
+        ok = summary["calls_per_core"] > 0
+    else:
+        server = None
+        if not args.url:
+            server = runner.spawn_server(args.server_core, args.endpointing_ms)
+            plan.url, plan.server_pid = server.url, server.pid
+            plan.generator_cpus = runner.other_cpus(args.server_core)
+        try:
+            summary = runner.run_load(plan)
+        finally:
+            if server is not None:
+                server.stop()
+        print(runner.step_line(summary))
+        ok = summary["slo"]["passed"] and summary["slo"]["valid"]
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.plot:
+        plot_summary(summary, args.plot)
+    return 0 if ok else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_time_s=args.max_time,
             select=args.select,
         )
+    if args.command == "bench" and args.bench_kind == "load":
+        return _bench_load(args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

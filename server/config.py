@@ -32,9 +32,16 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     max_calls: int = 1000
     drain_timeout_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    outbound_lead_frames: int = 1
+    """20 ms frames sent ahead of real time, so a late tick is not heard as a gap (0..2)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in 0..65535, got {self.port}")
+        _check(
+            0 <= self.outbound_lead_frames <= 2,
+            "server.outbound_lead_frames",
+            f"must be in 0..2, got {self.outbound_lead_frames}",
+        )
         _check(self.max_calls >= 1, "server.max_calls", f"must be >= 1, got {self.max_calls}")
         _check(
             self.drain_timeout_s >= 0,

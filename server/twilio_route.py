@@ -173,7 +173,12 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if isinstance(result, CallStarted):
-                call = Call(result.call_id, transport, config.agent)
+                call = Call(
+                    result.call_id,
+                    transport,
+                    config.agent,
+                    lead_frames=config.server.outbound_lead_frames,
+                )
                 registry.add(call)
             if call is not None:
                 call.on_event(result)

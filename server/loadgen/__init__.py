@@ -1,0 +1,1 @@
+"""``voxgate bench load``: a Twilio Media Streams load generator and capacity finder."""
