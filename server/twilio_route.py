@@ -2,15 +2,15 @@
 
 The wire format itself is :mod:`server.transports.twilio`; this module only
 moves its messages over a socket and joins them to a :class:`server.call.Call`.
-Outbound messages go through a small per-call queue drained by one writer
-task, so a slow or stalled peer never blocks the media clock: when its queue
-is full, frames are dropped and counted.
+Outbound frames are written straight to the socket (:mod:`server.wsdirect`),
+so a slow or stalled peer never blocks the media clock: past a bounded write
+buffer its frames are dropped and counted, and a peer stalled for seconds is
+disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -19,34 +19,37 @@ from aiohttp import WSMsgType, web
 from server.call import Call
 from server.transport import CallStarted, Hangup
 from server.transports import twilio
+from server.wsdirect import DirectTextSender
 
 if TYPE_CHECKING:
     from server.app import CallRegistry
 
 log = logging.getLogger(__name__)
 
-OUTBOUND_QUEUE_MESSAGES = 50
-"""Outbound messages (about a second of audio) a slow peer may fall behind by."""
-
 
 class TwilioSocketTransport:
-    """:class:`server.transport.Transport` over one Twilio Media Streams WebSocket."""
+    """:class:`server.transport.Transport` over one Twilio Media Streams WebSocket.
 
-    def __init__(self, ws: web.WebSocketResponse, stream: twilio.TwilioStream) -> None:
+    Outbound messages are written at once by a :class:`DirectTextSender`; a
+    peer that stops reading loses frames (counted) and is disconnected after a
+    while, and never blocks the media clock.
+    """
+
+    def __init__(
+        self, ws: web.WebSocketResponse, stream: twilio.TwilioStream, sender: DirectTextSender
+    ) -> None:
         self._ws = ws
         self._stream = stream
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(OUTBOUND_QUEUE_MESSAGES)
-        self._writer = asyncio.get_running_loop().create_task(self._write())
-        self.dropped = 0
-        self._closing = False
+        self._sender = sender
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def dropped(self) -> int:
+        return self._sender.dropped
 
     def _put(self, message: str | None) -> None:
-        if message is None or self._closing:
-            return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if message is not None:
+            self._sender.send(message, self._loop.time())
 
     def send_audio(self, frame: bytes) -> None:
         self._put(self._stream.media_message(frame))
@@ -60,26 +63,13 @@ class TwilioSocketTransport:
 
     def hangup(self) -> None:
         """Close the socket (Twilio then runs the TwiML after ``<Connect>``); idempotent."""
-        if not self._closing:
-            self._closing = True
-            asyncio.get_running_loop().create_task(self._ws.close())
+        if not self._sender.closed:
+            self._sender.stop()
+            self._loop.create_task(self._ws.close())
 
-    async def _write(self) -> None:
-        ws = self._ws
-        while True:
-            message = await self._queue.get()
-            if message is None or ws.closed:
-                return
-            try:
-                await ws.send_str(message)
-            except (ConnectionError, RuntimeError):
-                return
-
-    async def aclose(self) -> None:
-        self._closing = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+    def aclose(self) -> None:
+        """Stop sending; the handler closes the WebSocket."""
+        self._sender.stop()
 
 
 def public_ws_url(request: web.Request, public_url: str | None) -> str:
@@ -144,10 +134,16 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         registry.metrics.refused_calls.labels(refusal).inc()
         raise web.HTTPServiceUnavailable(text=refusal)
 
-    ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES + 1024, autoping=True)
+    # No permessage-deflate: outbound frames are written uncompressed by wsdirect.
+    ws = web.WebSocketResponse(
+        max_msg_size=twilio.MAX_MESSAGE_BYTES + 1024, autoping=True, compress=False
+    )
     await ws.prepare(request)
+    if request.transport is None:
+        return ws
     stream = twilio.TwilioStream(bidirectional=True)
-    transport = TwilioSocketTransport(ws, stream)
+    sender = DirectTextSender(request.transport)
+    transport = TwilioSocketTransport(ws, stream, sender)
     call: Call | None = None
     reason = "closed"
     try:
@@ -173,6 +169,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if isinstance(result, CallStarted):
+                sender.label = result.call_id
                 call = Call(
                     result.call_id,
                     transport,
@@ -190,7 +187,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
             call.end(reason)
             registry.remove(call, "twilio", reason)
         registry.metrics.dropped_frames.inc(transport.dropped)
-        await transport.aclose()
+        transport.aclose()
         if not ws.closed:
             await ws.close()
     return ws

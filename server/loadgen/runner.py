@@ -37,7 +37,7 @@ CALLS_PER_WORKER = 400
 """A worker process serves up to this many calls (measured to stay under 50 % of a core)."""
 GENERATOR_LATENESS_LIMIT_MS = 5.0
 """A run is invalid when the generator's p99 slot lateness exceeds this."""
-SAMPLE_PERIOD_S = 0.25
+SAMPLE_PERIOD_S = 1.0
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

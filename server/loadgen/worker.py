@@ -218,10 +218,11 @@ class Worker:
                 self.completed += 1
             self._finish(live, caller_metrics)
 
+        live.client = wsclient.WebSocketClient(
+            self.spec.url, on_open, on_text, on_close, random.Random(self._rng.getrandbits(64))
+        )
         try:
-            live.client = await wsclient.connect(
-                self.spec.url, on_open, on_text, on_close, random.Random(self._rng.getrandbits(64))
-            )
+            await wsclient.open_connection(live.client)
         except OSError:
             caller_metrics.error("connect_failed")
             self._finish(live, caller_metrics)

@@ -308,19 +308,12 @@ class WebSocketClient(asyncio.Protocol):
             self._on_close(code, reason)
 
 
-async def connect(
-    url: str,
-    on_open: OpenHandler,
-    on_text: TextHandler,
-    on_close: CloseHandler,
-    rng: random.Random | None = None,
-) -> WebSocketClient:
-    """Open a TCP connection to ``url`` (``ws://host:port/path``) and start the handshake.
+async def open_connection(client: WebSocketClient) -> None:
+    """Open ``client``'s TCP connection and start the handshake.
 
-    Returns once TCP is connected; ``on_open`` follows when the server has
-    switched protocols.  Connection errors (``OSError``) propagate.
+    Returns once TCP is connected; ``on_open`` may run before this returns
+    (the server's answer can arrive in the same loop iteration), so keep a
+    reference to ``client`` before awaiting.  ``OSError`` propagates.
     """
-    client = WebSocketClient(url, on_open, on_text, on_close, rng)
     loop = asyncio.get_running_loop()
     await loop.create_connection(lambda: client, client.host, client.port)
-    return client
