@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -71,6 +72,30 @@ class CallStats:
     clears: int = 0
 
 
+class LatencyObserver(Protocol):
+    """Where a call reports its latencies (ms, in the call's media time)."""
+
+    def observe_turn_ms(self, latency_ms: float) -> None:
+        """End of the caller's speech to the first frame of the reply sent."""
+
+    def observe_yield_ms(self, latency_ms: float) -> None:
+        """Onset of speech over the bot to playout paused."""
+
+    def observe_confirm_ms(self, latency_ms: float) -> None:
+        """Onset of speech over the bot to the interruption confirmed."""
+
+
+class _NoObserver:
+    def observe_turn_ms(self, latency_ms: float) -> None:
+        pass
+
+    def observe_yield_ms(self, latency_ms: float) -> None:
+        pass
+
+    def observe_confirm_ms(self, latency_ms: float) -> None:
+        pass
+
+
 def vad_config_for(agent: AgentSection) -> VadConfig:
     """VAD settings whose stop hangover never outlasts the endpointing silence.
 
@@ -98,7 +123,12 @@ class Call:
     """Engine state and echo agent for one call, driven by events and the media clock."""
 
     def __init__(
-        self, call_id: str, transport: Transport, config: AgentSection, lead_frames: int = 1
+        self,
+        call_id: str,
+        transport: Transport,
+        config: AgentSection,
+        lead_frames: int = 1,
+        observer: LatencyObserver | None = None,
     ) -> None:
         if not 0 <= lead_frames <= MAX_LEAD_FRAMES:
             raise ValueError(f"lead_frames must be in 0..{MAX_LEAD_FRAMES}, got {lead_frames}")
@@ -108,6 +138,8 @@ class Call:
         self.turn = TurnMachine(turn_config_for(config))
         self.vad = Vad(vad_config_for(config))
         self.lead_frames = lead_frames
+        self.observer: LatencyObserver = observer or _NoObserver()
+        self._answering: tuple[int, int] | None = None  # (generation, end of the speech it answers)
         self.stats = CallStats()
         self.ended = False
         self._inbound = FrameBuffer(WIRE_FRAME_BYTES, WIRE_FRAME_BYTES * 50)
@@ -180,6 +212,8 @@ class Call:
                 self._respond(command)
             elif isinstance(command, PausePlayout):
                 self._playout.pause()
+                if (yield_ms := self.turn.stats.last_time_to_yield_ms) is not None:
+                    self.observer.observe_yield_ms(yield_ms)
             elif isinstance(command, ResumePlayout):
                 self._playout.resume()
             elif isinstance(command, ClearPlayout):
@@ -191,6 +225,8 @@ class Call:
                 self.stats.clears += 1
             elif isinstance(command, Interrupted):
                 self.stats.interruptions += 1
+                if (confirm_ms := self.turn.stats.last_confirm_ms) is not None:
+                    self.observer.observe_confirm_ms(confirm_ms)
             elif isinstance(command, FalseInterruption):
                 self.stats.false_interruptions += 1
 
@@ -201,6 +237,7 @@ class Call:
         start, end = command.speech_start_ms, command.speech_end_ms
         reply = b"" if start is None or end is None else self.agent.reply(start, end)
         self._apply(self.turn.on_response_started(generation, now_ms))
+        self._answering = None if end is None else (generation, end)
         if reply and self._playout.push(reply, generation):
             self._playout.end_of_segment(generation)
             self._playout.mark(f"{END_MARK_PREFIX}{generation}", generation)
@@ -233,6 +270,9 @@ class Call:
         generation = self._playout.playing_generation
         if generation != self._playing_generation:
             self._playing_generation = generation
+            if self._answering is not None and self._answering[0] == generation:
+                self.observer.observe_turn_ms(self._inbound_ms - self._answering[1])
+                self._answering = None
             self._apply(self.turn.on_playout_started(generation, self._inbound_ms))
             if generation == self._done_generation:
                 self._apply(self.turn.on_response_done(generation, self._inbound_ms))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+_LATENCY_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
+
 
 class Metrics:
     """One registry per server, so tests can run several servers in one process."""
@@ -41,3 +43,36 @@ class Metrics:
         self.clock_skipped = Counter(
             "voxgate_media_clock_skipped_ticks", "Ticks skipped after a stall", registry=r
         )
+        self.marks = Counter(
+            "voxgate_marks",
+            "Playback marks echoed by the far end, by outcome (played, cleared, unknown)",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.turn_latency = Histogram(
+            "voxgate_turn_latency_seconds",
+            "End of the caller's speech to the first reply frame sent",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_in_yield = Histogram(
+            "voxgate_barge_in_yield_seconds",
+            "Onset of the caller's speech over the bot to playout paused",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_in_confirm = Histogram(
+            "voxgate_barge_in_confirm_seconds",
+            "Onset of the caller's speech over the bot to the interruption confirmed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_turn_ms(self, latency_ms: float) -> None:
+        self.turn_latency.observe(latency_ms / 1000)
+
+    def observe_yield_ms(self, latency_ms: float) -> None:
+        self.barge_in_yield.observe(latency_ms / 1000)
+
+    def observe_confirm_ms(self, latency_ms: float) -> None:
+        self.barge_in_confirm.observe(latency_ms / 1000)

@@ -175,6 +175,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
                     transport,
                     config.agent,
                     lead_frames=config.server.outbound_lead_frames,
+                    observer=registry.metrics,
                 )
                 registry.add(call)
             if call is not None:
@@ -187,6 +188,14 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
             call.end(reason)
             registry.remove(call, "twilio", reason)
         registry.metrics.dropped_frames.inc(transport.dropped)
+        counters = stream.counters
+        for outcome, count in (
+            ("played", counters.marks_played),
+            ("cleared", counters.marks_cleared),
+            ("unknown", counters.marks_unknown),
+        ):
+            if count:
+                registry.metrics.marks.labels("twilio", outcome).inc(count)
         transport.aclose()
         if not ws.closed:
             await ws.close()

@@ -176,3 +176,66 @@ async def test_readiness_goes_503_when_full(aiohttp_server: AiohttpServer) -> No
             await session.ws_connect(url)
         assert refused.value.status == 503
         await ws.close()
+
+
+async def metrics_text(server: TestServer) -> str:
+    async with aiohttp.ClientSession() as session:
+        return await (await session.get(server.make_url("/metrics"))).text()
+
+
+async def test_dtmf_cuts_the_reply_and_marks_after_clear_count_as_cleared(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    server = await serve(aiohttp_server, load_config(environ={}))
+    url = str(server.make_url("/twilio"))
+    frames = frames_of(speech.silence(600, 8000)) + frames_of(
+        speech.speech("please read my account balance", 8000)
+    )
+    frames += frames_of(speech.silence(1000, 8000))
+    events: list[str] = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        await ws.send_str(start_message("CA" + "e" * 32))
+        for chunk, payload in enumerate(frames, start=1):
+            await ws.send_str(media_message(chunk + 1, chunk, payload))
+        # Hold the reply's end mark unanswered, as a far end still playing would.
+        mark_name = None
+        while mark_name is None:
+            data = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+            events.append(data["event"])
+            if data["event"] == "mark":
+                mark_name = data["mark"]["name"]
+        dtmf = {"event": "dtmf", "streamSid": STREAM_SID, "sequenceNumber": "900"}
+        await ws.send_str(json.dumps(dtmf | {"dtmf": {"track": "inbound_track", "digit": "5"}}))
+        data = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        assert data == {"event": "clear", "streamSid": STREAM_SID}
+        # Twilio returns pending marks after a clear: this one was not played.
+        mark = {"event": "mark", "sequenceNumber": "901", "streamSid": STREAM_SID}
+        await ws.send_str(json.dumps(mark | {"mark": {"name": mark_name}}))
+        stop = {"event": "stop", "sequenceNumber": "902", "streamSid": STREAM_SID}
+        await ws.send_str(json.dumps(stop | {"stop": {"callSid": "CA" + "e" * 32}}))
+        await asyncio.wait_for(ws.receive(), 5)
+    assert events[0] == "media" and events[-1] == "mark"
+    text = await metrics_text(server)
+    assert 'voxgate_marks_total{outcome="cleared",transport="twilio"} 1.0' in text
+    assert "voxgate_turn_latency_seconds_count 1.0" in text
+
+
+async def test_stop_mid_utterance_ends_the_call_cleanly(aiohttp_server: AiohttpServer) -> None:
+    server = await serve(aiohttp_server, load_config(environ={}))
+    registry = server.app["registry"]
+    url = str(server.make_url("/twilio"))
+    half = frames_of(speech.speech("I would like to change my delivery address", 8000))
+    half = half[: len(half) // 2]
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        await ws.send_str(start_message("CA" + "f" * 32))
+        for chunk, payload in enumerate(half, start=1):
+            await ws.send_str(media_message(chunk + 1, chunk, payload))
+        stop = {"event": "stop", "sequenceNumber": str(len(half) + 2), "streamSid": STREAM_SID}
+        await ws.send_str(json.dumps(stop | {"stop": {"callSid": "CA" + "f" * 32}}))
+        closing = await asyncio.wait_for(ws.receive(), 5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1000
+    assert registry.calls == {}
+    text = await metrics_text(server)
+    assert 'voxgate_calls_total{reason="stop",transport="twilio"} 1.0' in text
+    assert "voxgate_turn_latency_seconds_count 0.0" in text  # no reply to half a sentence
