@@ -12,9 +12,11 @@ import contextlib
 import itertools
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -131,7 +133,8 @@ class LoadPlan:
     calls: int
     duration_s: float
     ramp_s: float | None = None
-    """Connects spread over this (default: 20 new calls per second, at most 30 s)."""
+    """Connects spread over this (default: 50 new calls per second, at most a third of
+    ``duration_s``, so every call is live together for at least a third of the run)."""
     workers: int | None = None
     generator_cpus: list[int] | None = None
     server_pid: int | None = None
@@ -141,7 +144,7 @@ class LoadPlan:
     seed: int = 1
 
     def effective_ramp_s(self) -> float:
-        return self.ramp_s if self.ramp_s is not None else min(30.0, self.calls / 20)
+        return self.ramp_s if self.ramp_s is not None else min(self.duration_s / 3, self.calls / 50)
 
     def effective_workers(self) -> int:
         return self.workers or max(1, math.ceil(self.calls / CALLS_PER_WORKER))
@@ -159,12 +162,15 @@ def run_load(plan: LoadPlan, audio: tuple[bytes, bytes] | None = None) -> dict[s
     """Run one load test and return its summary (see :func:`summarise`)."""
     if plan.calls < 1 or plan.duration_s <= 0:
         raise ValueError("a load test needs at least one call and a positive duration")
+    if plan.effective_ramp_s() >= plan.duration_s:
+        raise ValueError("the ramp must be shorter than the duration, or calls never all overlap")
     utterance_a, utterance_b = audio or caller_audio()
     n_workers = min(plan.effective_workers(), plan.calls)
     ramp_s = plan.effective_ramp_s()
     start_at = time.monotonic() + 1.0 + 0.2 * n_workers  # workers start their interpreters
     sids = [f"CA{plan.seed:08x}{i:024x}" for i in range(plan.calls)]
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    result_dir = Path(tempfile.mkdtemp(prefix="voxgate-load-"))
     for w in range(n_workers):
         mine = sids[w::n_workers]
         # Interleave the workers' ramps so connects stay evenly spread.
@@ -180,27 +186,26 @@ def run_load(plan: LoadPlan, audio: tuple[bytes, bytes] | None = None) -> dict[s
             cpus=plan.generator_cpus,
             seed=plan.seed * 1000 + w,
         )
+        result_path = result_dir / f"worker-{w}.msgpack"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.loadgen.worker"],
+            [sys.executable, "-m", "server.loadgen.worker", str(result_path)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
         )
         assert proc.stdin is not None
         proc.stdin.write(msgspec.msgpack.encode(spec))
         proc.stdin.close()
-        procs.append(proc)
+        procs.append((proc, result_path))
     monitor = ServerMonitor(plan.server_pid) if plan.server_pid else None
     if monitor is not None:
         monitor.start()
     results: list[WorkerResult] = []
     failures: list[str] = []
-    for proc in procs:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        if proc.wait() != 0 or not out:
+    for proc, result_path in procs:
+        if proc.wait() != 0 or not result_path.exists():
             failures.append(f"worker {proc.pid} exited with {proc.returncode}")
             continue
-        results.append(msgspec.msgpack.decode(out, type=WorkerResult))
+        results.append(msgspec.msgpack.decode(result_path.read_bytes(), type=WorkerResult))
+    shutil.rmtree(result_dir, ignore_errors=True)
     if monitor is not None:
         monitor.stop()
     return summarise(plan, results, failures, monitor, start_at=start_at, ramp_s=ramp_s)
@@ -240,6 +245,7 @@ def summarise(
         "calls": plan.calls,
         "duration_s": plan.duration_s,
         "ramp_s": ramp_s,
+        "all_calls_live_s": round(plan.duration_s - ramp_s, 2),
         "endpointing_ms": plan.endpointing_ms,
         "calls_connected": connected,
         "calls_completed": completed,

@@ -1,8 +1,10 @@
 """One load-generator process: many simulated Twilio callers on one event loop.
 
 The parent (:mod:`server.loadgen.runner`) starts ``python -m
-server.loadgen.worker``, writes a msgpack :class:`WorkerSpec` to its stdin and
-reads a msgpack :class:`WorkerResult` from its stdout.
+server.loadgen.worker RESULT_FILE``, writes a msgpack :class:`WorkerSpec` to its
+stdin and reads a msgpack :class:`WorkerResult` from ``RESULT_FILE`` once it
+exits (not from a pipe: the event loop may leave stdout non-blocking, which
+cuts a large write short).
 
 Callers send in real time from one deadline-driven schedule for the whole
 process: the 20 ms period is cut into :data:`SLOTS` phases and each call is
@@ -284,8 +286,8 @@ def main() -> int:
         result = uvloop.run(Worker(spec).run())
     except ImportError:
         result = asyncio.run(Worker(spec).run())
-    sys.stdout.buffer.write(msgspec.msgpack.encode(result))
-    sys.stdout.buffer.flush()
+    with open(sys.argv[1], "wb") as out:
+        out.write(msgspec.msgpack.encode(result))
     return 0
 
 
