@@ -64,9 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--server-core", type=int, default=0, help="core a spawned server is pinned to"
     )
-    load.add_argument(
-        "--find-capacity", action="store_true", help="ramp calls until the SLO fails"
-    )
+    load.add_argument("--find-capacity", action="store_true", help="ramp calls until the SLO fails")
     load.add_argument("--start", type=int, default=100, help="capacity search: first step")
     load.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
     load.add_argument("--max", type=int, default=3000, help="capacity search: last step")
