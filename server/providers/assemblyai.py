@@ -70,6 +70,7 @@ from server.providers.base import (
     Word,
 )
 from server.providers.connect import Backoff, error_for_exception
+from server.providers.timeline import Timeline
 
 PROVIDER: Final = "assemblyai"
 WS_PATH: Final = "/v3/ws"
@@ -294,34 +295,6 @@ class UpdateConfiguration(
 FORCE_ENDPOINT: Final = msgspec.json.encode(_ForceEndpoint()).decode()
 TERMINATE: Final = msgspec.json.encode(_Terminate()).decode()
 KEEPALIVE: Final = msgspec.json.encode(_KeepAlive()).decode()
-
-
-# ----------------------------------------------------------------------- timeline
-
-
-class Timeline:
-    """Maps provider audio time (ms received in one session) to stream time (ms since
-    the stream's first pushed sample), across dropped audio and silence padding."""
-
-    def __init__(self, origin_ms: float) -> None:
-        self.origin_ms = origin_ms
-        self._skips: list[tuple[float, float]] = []
-
-    def skip(self, at_ms: float, gap_ms: float) -> None:
-        """From provider time ``at_ms`` on, stream time runs ``gap_ms`` further ahead
-        (negative for padding the provider heard but the stream never had)."""
-        if self._skips and self._skips[-1][0] == at_ms:
-            self._skips[-1] = (at_ms, self._skips[-1][1] + gap_ms)
-        else:
-            self._skips.append((at_ms, gap_ms))
-
-    def to_stream_ms(self, provider_ms: float) -> float:
-        offset = self.origin_ms
-        for at_ms, gap_ms in self._skips:
-            if provider_ms < at_ms:
-                break
-            offset += gap_ms
-        return provider_ms + offset
 
 
 # ------------------------------------------------------------------------ mapping

@@ -65,6 +65,7 @@ from server.providers.base import (
     Word,
 )
 from server.providers.connect import Backoff, error_for_exception
+from server.providers.timeline import Timeline
 
 PROVIDER: Final = "deepgram"
 LISTEN_PATH: Final = "/v1/listen"
@@ -253,33 +254,6 @@ class _CloseStream(msgspec.Struct, frozen=True, tag="CloseStream", tag_field="ty
 KEEPALIVE: Final = msgspec.json.encode(_KeepAlive()).decode()
 FINALIZE: Final = msgspec.json.encode(_Finalize()).decode()
 CLOSE_STREAM: Final = msgspec.json.encode(_CloseStream()).decode()
-
-
-# ----------------------------------------------------------------------- timeline
-
-
-class Timeline:
-    """Maps provider audio time (ms received on one socket) to stream time (ms since
-    the stream's first pushed sample), across audio dropped before it was sent."""
-
-    def __init__(self, origin_ms: float) -> None:
-        self.origin_ms = origin_ms
-        self._skips: list[tuple[float, float]] = []
-
-    def skip(self, at_ms: float, gap_ms: float) -> None:
-        """Stream audio of ``gap_ms`` never reached the provider at provider time ``at_ms``."""
-        if self._skips and self._skips[-1][0] == at_ms:
-            self._skips[-1] = (at_ms, self._skips[-1][1] + gap_ms)
-        else:
-            self._skips.append((at_ms, gap_ms))
-
-    def to_stream_ms(self, provider_ms: float) -> float:
-        offset = self.origin_ms
-        for at_ms, gap_ms in self._skips:
-            if provider_ms < at_ms:
-                break
-            offset += gap_ms
-        return provider_ms + offset
 
 
 # ------------------------------------------------------------------------ mapping
