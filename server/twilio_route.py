@@ -67,7 +67,7 @@ class TwilioSocketTransport:
             self._sender.stop()
             self._loop.create_task(self._ws.close())
 
-    def aclose(self) -> None:
+    def stop(self) -> None:
         """Stop sending; the handler closes the WebSocket."""
         self._sender.stop()
 
@@ -196,7 +196,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         ):
             if count:
                 registry.metrics.marks.labels("twilio", outcome).inc(count)
-        transport.aclose()
+        transport.stop()
         if not ws.closed:
             await ws.close()
     return ws
