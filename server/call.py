@@ -1,7 +1,8 @@
 """One live call: the transport, the engine state and the agent, joined.
 
-Inbound, per 20 ms of caller audio (``on_audio``): mu-law frame -> agent
-history -> decode -> 8->16 kHz -> VAD -> turn machine -> commands.
+Inbound, per 20 ms of caller audio (``on_audio``): mu-law frame -> decode ->
+8->16 kHz -> agent -> VAD -> turn machine -> commands, carried out here
+(playout) and handed to the agent (responses, STT, interruptions).
 Outbound, per media-clock tick (``on_tick``): frames from the playout queue
 to the transport, keeping the far end ``lead_frames`` ahead of real time
 (enough to absorb a late tick, shallow enough that a pause is heard within a
@@ -15,7 +16,9 @@ silence included.  Nothing here awaits: transports buffer or drop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
@@ -36,6 +39,7 @@ from engine.turn import (
     TurnMachine,
 )
 from engine.vad import Vad, VadConfig
+from server.agents.base import Agent, CallControl
 from server.agents.echo import EchoAgent
 from server.config import AgentSection
 from server.transport import (
@@ -57,6 +61,9 @@ WIRE_FRAME_BYTES = 160  # 20 ms of mu-law
 ULAW_SILENCE = 0xFF
 END_MARK_PREFIX = "end-"
 MAX_LEAD_FRAMES = 2
+
+AgentFactory = Callable[[CallControl], Agent]
+"""Builds a call's agent, given the call it answers through."""
 
 
 @dataclass(slots=True)
@@ -109,18 +116,28 @@ def vad_config_for(agent: AgentSection) -> VadConfig:
     return VadConfig(stop_ms=stop_ms)
 
 
-def turn_config_for(agent: AgentSection) -> TurnConfig:
-    """Turn-taking parameters from the agent configuration."""
+def turn_config_for(agent: AgentSection, eou_budget_ms: int = 3000) -> TurnConfig:
+    """Turn-taking parameters from the agent configuration.
+
+    The turn machine's longest wait for a caller who seems not done is the
+    end-of-utterance budget, so the turn decision never misses it.
+    """
     return TurnConfig(
         min_delay_ms=agent.endpointing_ms,
-        max_delay_ms=max(agent.endpointing_ms, 3000),
+        max_delay_ms=max(agent.endpointing_ms, eou_budget_ms),
         min_interruption_ms=agent.min_interruption_ms,
         false_interruption_timeout_ms=agent.false_interruption_timeout_ms,
     )
 
 
 class Call:
-    """Engine state and echo agent for one call, driven by events and the media clock."""
+    """Engine state and agent of one call, driven by events and the media clock.
+
+    It is the agent's :class:`server.agents.base.CallControl`.  ``agent``
+    builds the agent (default: the echo agent).  The call hangs up by itself
+    after ``config.max_call_s``, or ``config.idle_hangup_s`` without caller
+    speech or agent audio.
+    """
 
     def __init__(
         self,
@@ -128,14 +145,17 @@ class Call:
         transport: Transport,
         config: AgentSection,
         lead_frames: int = 1,
+        *,
         observer: LatencyObserver | None = None,
+        agent: AgentFactory | None = None,
+        eou_budget_ms: int = 3000,
     ) -> None:
         if not 0 <= lead_frames <= MAX_LEAD_FRAMES:
             raise ValueError(f"lead_frames must be in 0..{MAX_LEAD_FRAMES}, got {lead_frames}")
         self.call_id = call_id
         self.transport = transport
-        self.agent = EchoAgent(preroll_ms=config.preroll_ms)
-        self.turn = TurnMachine(turn_config_for(config))
+        self.started_at = time.time()
+        self.turn = TurnMachine(turn_config_for(config, eou_budget_ms))
         self.vad = Vad(vad_config_for(config))
         self.lead_frames = lead_frames
         self.observer: LatencyObserver = observer or _NoObserver()
@@ -153,6 +173,13 @@ class Call:
         self._far_end_frames = 0  # frames sent and not yet played, by real time
         self._playing_generation = -1  # generation whose audio is being sent
         self._done_generation = -1  # generation fully queued, not yet reported done
+        self._max_call_ms = round(config.max_call_s * 1000) or None
+        self._idle_ms = round(config.idle_hangup_s * 1000) or None
+        self._active_ms = 0  # last media time the caller spoke or the agent played
+        self.end_reason: str | None = None
+        self.agent: Agent = (
+            agent(self) if agent is not None else EchoAgent(self, preroll_ms=config.preroll_ms)
+        )
 
     @property
     def now_ms(self) -> int:
@@ -171,11 +198,14 @@ class Call:
             self._on_mark(event)
         elif isinstance(event, Dtmf):
             self.stats.dtmf += 1
+            self._active_ms = self._inbound_ms
             self._apply(self.turn.on_dtmf(event.digit, self._inbound_ms))
+            self.agent.on_dtmf(event.digit)
         elif isinstance(event, Hangup):
             self.end(event.reason)
         elif isinstance(event, CallStarted):
             log.info("call %s started (stream %s)", self.call_id, event.stream_id)
+            self.agent.on_start(event.parameters)
 
     def on_audio(self, ulaw: bytes) -> None:
         """Caller audio (mu-law, any length); processed in whole 20 ms frames."""
@@ -183,17 +213,28 @@ class Call:
         while self._inbound.pop_into(self._ulaw_in):
             now_ms = self._inbound_ms
             self.stats.frames_in += 1
-            self.agent.on_caller_audio(self._ulaw_in, now_ms)
             ulaw_decode_into(self._ulaw_in, self._pcm8k)
             self._up.process_into(self._pcm8k, self._pcm16k)
+            self.agent.on_caller_frame(self._ulaw_in, self._pcm16k, now_ms)
             event = self.vad.process(self._pcm16k, now_ms)
             # The call has now heard up to the end of this frame.
             self._inbound_ms = heard_ms = now_ms + FRAME_MS
             if event is not None:
+                self._active_ms = heard_ms
                 self._apply(self.turn.on_vad_event(event, heard_ms))
             commands = self.turn.tick(heard_ms, self.vad.voiced_until_ms)
             if commands:
                 self._apply(commands)
+            if self.ended:
+                return
+            if self._max_call_ms is not None and heard_ms >= self._max_call_ms:
+                self.hangup("max_call")
+            elif (
+                self._idle_ms is not None
+                and heard_ms - self._active_ms >= self._idle_ms
+                and not self.vad.speaking
+            ):
+                self.hangup("idle")
 
     def _on_mark(self, event: MarkPlayed) -> None:
         if not event.played or not event.name.startswith(END_MARK_PREFIX):
@@ -209,7 +250,9 @@ class Call:
     def _apply(self, commands: Commands) -> None:
         for command in commands:
             if isinstance(command, StartResponse):
-                self._respond(command)
+                self.stats.turns += 1
+                end = command.speech_end_ms
+                self._answering = None if end is None else (command.generation, end)
             elif isinstance(command, PausePlayout):
                 self._playout.pause()
                 if (yield_ms := self.turn.stats.last_time_to_yield_ms) is not None:
@@ -229,23 +272,64 @@ class Call:
                     self.observer.observe_confirm_ms(confirm_ms)
             elif isinstance(command, FalseInterruption):
                 self.stats.false_interruptions += 1
+            self.agent.on_command(command)
+            if self.ended:
+                return
 
-    def _respond(self, command: StartResponse) -> None:
-        generation = command.generation
-        now_ms = self._inbound_ms
-        self.stats.turns += 1
-        start, end = command.speech_start_ms, command.speech_end_ms
-        reply = b"" if start is None or end is None else self.agent.reply(start, end)
-        self._apply(self.turn.on_response_started(generation, now_ms))
-        self._answering = None if end is None else (generation, end)
-        if reply and self._playout.push(reply, generation):
-            self._playout.end_of_segment(generation)
-            self._playout.mark(f"{END_MARK_PREFIX}{generation}", generation)
-            # The whole reply is queued; tell the machine once it starts playing
-            # (done before any audio means "nothing to say" to it).
+    # -- the agent's side (CallControl) -----------------------------------------------
+
+    def play(self, ulaw: bytes, generation: int) -> bool:
+        """Queue reply audio (8 kHz mu-law) of ``generation``; False if stale or full."""
+        if self.ended:
+            return False
+        return self._playout.push(ulaw, generation)
+
+    def finish(self, generation: int) -> None:
+        """Everything of ``generation`` is queued; the turn machine hears "done" when it
+        starts playing (at once if it already is, or if nothing was queued)."""
+        if self.ended or generation != self.turn.generation:
+            return
+        playout = self._playout
+        if generation == self._playing_generation:
+            self._end_segment(generation)
+            self._apply(self.turn.on_response_done(generation, self._inbound_ms))
+        elif playout.generation == generation and playout.queued_ms > 0:
+            self._end_segment(generation)
             self._done_generation = generation
         else:
-            self._apply(self.turn.on_response_done(generation, now_ms))
+            self._apply(self.turn.on_response_done(generation, self._inbound_ms))
+
+    def _end_segment(self, generation: int) -> None:
+        self._playout.end_of_segment(generation)
+        self._playout.mark(f"{END_MARK_PREFIX}{generation}", generation)
+
+    def response_started(self, generation: int) -> None:
+        if not self.ended:
+            self._apply(self.turn.on_response_started(generation, self._inbound_ms))
+
+    def transcript(self, text: str, is_final: bool) -> None:
+        if not self.ended:
+            self._apply(self.turn.on_transcript(text, is_final, self._inbound_ms))
+
+    def request_turn(self) -> bool:
+        if self.ended:
+            return False
+        before = self.turn.generation
+        self._apply(self.turn.start_bot_response(self._inbound_ms))
+        return self.turn.generation != before
+
+    def heard_ms(self, generation: int) -> int:
+        """Ms of ``generation`` the far end has played: sent minus what is still ahead."""
+        if generation != self._playout.playing_generation:
+            return 0
+        return max(0, self._playout.heard_ms - self._far_end_frames * FRAME_MS)
+
+    def hangup(self, reason: str) -> None:
+        """End the call from our side: the transport hangs up, the agent stops."""
+        if not self.ended:
+            log.info("call %s: hanging up (%s)", self.call_id, reason)
+            self.transport.hangup()
+            self.end(reason)
 
     # -- outbound (media clock) --------------------------------------------------------
 
@@ -261,6 +345,10 @@ class Call:
             self._far_end_frames -= 1
         while self._far_end_frames <= self.lead_frames and self._send_frame():
             self._far_end_frames += 1
+        generation = self._playing_generation
+        if generation == self.turn.generation and not self.ended:
+            self._active_ms = self._inbound_ms
+            self.turn.on_playout_progress(generation, self.heard_ms(generation), self._inbound_ms)
         for name in self._playout.take_played_marks():
             self.transport.mark(name)
 
@@ -273,6 +361,7 @@ class Call:
             if self._answering is not None and self._answering[0] == generation:
                 self.observer.observe_turn_ms(self._inbound_ms - self._answering[1])
                 self._answering = None
+            self.agent.on_first_audio(generation)
             self._apply(self.turn.on_playout_started(generation, self._inbound_ms))
             if generation == self._done_generation:
                 self._apply(self.turn.on_response_done(generation, self._inbound_ms))
@@ -284,4 +373,18 @@ class Call:
         """Stop the call's work; idempotent."""
         if not self.ended:
             self.ended = True
+            self.end_reason = reason
+            self.agent.close(reason)
             log.info("call %s ended: %s (%s)", self.call_id, reason, self.stats)
+
+    def summary(self) -> dict[str, object]:
+        """The call so far: identity, state, counters and the agent's own summary."""
+        return {
+            "call_id": self.call_id,
+            "started_at": self.started_at,
+            "media_ms": self._inbound_ms,
+            "state": self.turn.state.value,
+            "ended": self.end_reason,
+            "stats": asdict(self.stats),
+            **self.agent.summary(),
+        }

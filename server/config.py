@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from server.providers.registry import STAGE_PROVIDERS, ProvidersSection
+
 ENV_PREFIX = "VOXGATE_"
 
 
@@ -55,13 +57,43 @@ class TwilioSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     """When set, webhook and WebSocket requests must carry a valid X-Twilio-Signature."""
 
 
+DEFAULT_INSTRUCTIONS = (
+    "You are a helpful voice assistant on a phone call. Answer in one or two short, "
+    "plain spoken sentences: no lists, no markdown, no emoji."
+)
+
+
 class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    name: Literal["echo"] = "echo"
+    name: Literal["echo", "pipeline"] = "pipeline"
+    """``pipeline``: STT -> LLM -> TTS; ``echo``: plays the caller's utterance back."""
     endpointing_ms: int = 200
     """Silence after the caller's speech before the turn ends (ms)."""
     min_interruption_ms: int = 300
     false_interruption_timeout_ms: int = 1000
     preroll_ms: int = 200
+    """Echo agent: caller audio before the speech onset included in the reply (ms)."""
+    stt: tuple[str, ...] = ("sphinx",)
+    """STT providers in fallback order (names of ``[providers.*]`` sections)."""
+    llm: tuple[str, ...] = ("rules",)
+    """LLM providers in fallback order."""
+    tts: tuple[str, ...] = ("espeak",)
+    """TTS providers in fallback order; the offline espeak voice speaks fillers and apologies."""
+    language: str | None = None
+    """Language asked of STT (BCP 47, e.g. ``en-US``); ``None``: the provider's default."""
+    instructions: str = DEFAULT_INSTRUCTIONS
+    """The LLM's system message."""
+    greeting: str = "Hello, this is voxgate. How can I help you?"
+    """Spoken when the call starts; empty: say nothing and listen."""
+    filler: str = "One moment."
+    """Spoken when no reply audio is ready ``budgets.turn_total_ms`` after the caller stopped."""
+    apology: str = "Sorry, I'm having trouble right now. Please say that again."
+    """Spoken when every provider of a stage failed."""
+    max_history_messages: int = 24
+    """User and assistant messages kept for the LLM (the oldest go first)."""
+    max_call_s: float = 3600.0
+    """Hang up after this long (s); 0: never."""
+    idle_hangup_s: float = 60.0
+    """Hang up after this long without the caller speaking or the agent talking (s); 0: never."""
 
     def __post_init__(self) -> None:
         for key in (
@@ -72,12 +104,70 @@ class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
         ):
             value = getattr(self, key)
             _check(0 <= value <= 60_000, f"agent.{key}", f"must be in 0..60000 ms, got {value}")
+        for key in ("max_call_s", "idle_hangup_s"):
+            value = getattr(self, key)
+            _check(value >= 0, f"agent.{key}", f"must be >= 0 (0: never), got {value}")
+        _check(
+            self.max_history_messages >= 2,
+            "agent.max_history_messages",
+            f"must be >= 2, got {self.max_history_messages}",
+        )
+        for stage in ("stt", "llm", "tts"):
+            chain = getattr(self, stage)
+            _check(bool(chain), f"agent.{stage}", "needs at least one provider")
+            _check(
+                len(set(chain)) == len(chain), f"agent.{stage}", f"lists a provider twice: {chain}"
+            )
+
+
+class BudgetsSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Per-stage latency deadlines (ms); a stage past its deadline falls back and is counted."""
+
+    eou_ms: int = 1000
+    """End of the caller's speech to the turn decision (the turn machine's longest wait)."""
+    stt_final_ms: int = 600
+    """Turn decision to the final transcript."""
+    llm_first_token_ms: int = 1500
+    """LLM request to its first token."""
+    tts_first_audio_ms: int = 1000
+    """First text sent to TTS to its first audio."""
+    turn_total_ms: int = 2500
+    """End of the caller's speech to the first reply audio leaving the server."""
+
+    def __post_init__(self) -> None:
+        for key in ("eou_ms", "stt_final_ms", "llm_first_token_ms", "tts_first_audio_ms"):
+            value = getattr(self, key)
+            _check(20 <= value <= 60_000, f"budgets.{key}", f"must be in 20..60000 ms, got {value}")
+        _check(
+            self.turn_total_ms >= 100,
+            "budgets.turn_total_ms",
+            f"must be >= 100 ms, got {self.turn_total_ms}",
+        )
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     twilio: TwilioSection = msgspec.field(default_factory=TwilioSection)
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    budgets: BudgetsSection = msgspec.field(default_factory=BudgetsSection)
+    providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
+
+    def __post_init__(self) -> None:
+        if self.agent.name != "pipeline":
+            return
+        for stage, kinds in STAGE_PROVIDERS.items():
+            for i, name in enumerate(getattr(self.agent, stage)):
+                _check(
+                    name in kinds,
+                    f"agent.{stage}[{i}]",
+                    f"unknown {stage} provider {name!r} (one of: {', '.join(sorted(kinds))})",
+                )
+                _check(
+                    getattr(self.providers, name) is not None,
+                    f"providers.{name}",
+                    f"agent.{stage} uses {name!r} but [providers.{name}] is not configured "
+                    "(it needs at least api_key)",
+                )
 
 
 def _check(ok: bool, key: str, message: str) -> None:

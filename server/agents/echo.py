@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
+from engine.turn import Command, StartResponse
+from server.agents.base import CallControl
+
 BYTES_PER_MS: Final = 8
 """mu-law at 8 kHz: one byte per sample, eight samples per ms."""
 
 
-class EchoAgent:
+class EchoHistory:
     """History of one caller's mu-law audio and the echo reply for a turn."""
 
     __slots__ = ("_buf", "_start_ms", "history_ms", "preroll_ms")
@@ -62,3 +68,42 @@ class EchoAgent:
                 (begin - self._start_ms) * BYTES_PER_MS : (end - self._start_ms) * BYTES_PER_MS
             ]
         )
+
+
+class EchoAgent:
+    """:class:`server.agents.base.Agent` answering every turn with the caller's own audio."""
+
+    __slots__ = ("_control", "history")
+
+    def __init__(self, control: CallControl, preroll_ms: int = 200) -> None:
+        self._control = control
+        self.history = EchoHistory(preroll_ms=preroll_ms)
+
+    def on_start(self, parameters: dict[str, str]) -> None:
+        pass
+
+    def on_caller_frame(self, ulaw: bytearray, pcm16k: npt.NDArray[np.int16], at_ms: int) -> None:
+        self.history.on_caller_audio(ulaw, at_ms)
+
+    def on_command(self, command: Command) -> None:
+        if not isinstance(command, StartResponse):
+            return
+        control, generation = self._control, command.generation
+        start, end = command.speech_start_ms, command.speech_end_ms
+        reply = b"" if start is None or end is None else self.history.reply(start, end)
+        control.response_started(generation)
+        if reply:
+            control.play(reply, generation)
+        control.finish(generation)
+
+    def on_dtmf(self, digit: str) -> None:
+        pass
+
+    def on_first_audio(self, generation: int) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        pass
+
+    def summary(self) -> dict[str, object]:
+        return {"agent": "echo"}
