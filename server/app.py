@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.call import Call
+from server.agents.base import Agent, CallControl
+from server.agents.clips import render_clips
+from server.agents.pipeline import PipelineAgent, PipelineContext
+from server.call import AgentFactory, Call
 from server.config import Config
 from server.mediaclock import MediaClock
 from server.metrics import Metrics
+from server.providers.registry import Chains, ProviderSet
 from server.twilio_route import media_stream, voice_webhook
 
 log = logging.getLogger(__name__)
@@ -25,6 +31,9 @@ class CallRegistry:
         self.config = config
         self.metrics = metrics
         self.calls: dict[int, Call] = {}
+        self.by_id: dict[str, Call] = {}
+        self.agent_factory: AgentFactory | None = None
+        """Builds each call's agent; None: the echo agent."""
         self.draining = False
         self.clock = MediaClock(self._tick)
         self._idle = asyncio.Event()
@@ -40,11 +49,14 @@ class CallRegistry:
 
     def add(self, call: Call) -> None:
         self.calls[id(call)] = call
+        self.by_id[call.call_id] = call
         self._idle.clear()
         self.metrics.active_calls.set(len(self.calls))
 
     def remove(self, call: Call, transport: str, reason: str) -> None:
         if self.calls.pop(id(call), None) is not None:
+            if self.by_id.get(call.call_id) is call:
+                del self.by_id[call.call_id]
             self.metrics.calls.labels(transport, reason).inc()
             self.metrics.active_calls.set(len(self.calls))
         if not self.calls:
@@ -84,14 +96,36 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def list_calls(request: web.Request) -> web.Response:
+    """``GET /calls``: the live calls' ids."""
+    registry: CallRegistry = request.app["registry"]
+    body = msgspec.json.encode({"calls": sorted(registry.by_id)})
+    return web.Response(body=body, content_type="application/json")
+
+
+async def call_summary(request: web.Request) -> web.Response:
+    """``GET /calls/{call_id}``: a live call's state, counters and turns with their stages."""
+    registry: CallRegistry = request.app["registry"]
+    call = registry.by_id.get(request.match_info["call_id"])
+    if call is None:
+        raise web.HTTPNotFound(text="no such live call\n")
+    return web.Response(body=msgspec.json.encode(call.summary()), content_type="application/json")
+
+
 def build_app(config: Config) -> web.Application:
-    """The application for ``config``; the media clock runs while it is up."""
+    """The application for ``config``; the media clock runs while it is up.
+
+    With the pipeline agent, the providers are built and warmed (and the
+    filler and apology clips rendered) before the first call is accepted.
+    """
     app = web.Application()
     registry = CallRegistry(config, Metrics())
     app["registry"] = registry
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/calls", list_calls)
+    app.router.add_get("/calls/{call_id}", call_summary)
     app.router.add_get("/twilio", media_stream)
     app.router.add_post("/twilio/voice", voice_webhook)
 
@@ -101,9 +135,45 @@ def build_app(config: Config) -> web.Application:
     async def stop_clock(app: web.Application) -> None:
         registry.clock.stop()
 
+    if config.agent.name == "pipeline":
+        app.cleanup_ctx.append(_pipeline(registry))
     app.on_startup.append(start_clock)
     app.on_cleanup.append(stop_clock)
     return app
+
+
+def _pipeline(registry: CallRegistry) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Cleanup context: the providers and clips of the pipeline agent, for the app's life."""
+    config = registry.config
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        agent = config.agent
+        providers = ProviderSet(config.providers, Chains(agent.stt, agent.llm, agent.tts))
+        await providers.start()
+        clips = await render_clips(providers.offline_tts, agent.filler, agent.apology)
+        shared = PipelineContext(
+            providers=providers,
+            agent=agent,
+            budgets=config.budgets,
+            clips=clips,
+            observer=registry.metrics,
+        )
+
+        def factory(control: CallControl) -> Agent:
+            return PipelineAgent(control, shared)
+
+        registry.agent_factory = factory
+        log.info(
+            "pipeline agent: stt=%s llm=%s tts=%s",
+            ",".join(agent.stt),
+            ",".join(agent.llm),
+            ",".join(agent.tts),
+        )
+        yield
+        registry.agent_factory = None
+        await providers.aclose()
+
+    return context
 
 
 async def serve(config: Config) -> int:

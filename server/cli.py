@@ -19,7 +19,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port to listen on (default 8080)")
-    serve.add_argument("--agent", choices=["echo"], help="the agent that answers calls")
+    serve.add_argument(
+        "--agent",
+        choices=["pipeline", "echo"],
+        help="the agent that answers calls (default pipeline: STT -> LLM -> TTS)",
+    )
     serve.add_argument(
         "--endpointing-ms", type=int, help="silence before the caller's turn ends (default 200)"
     )

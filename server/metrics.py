@@ -68,6 +68,53 @@ class Metrics:
             registry=r,
         )
 
+        self.stage_latency = Histogram(
+            "voxgate_stage_latency_seconds",
+            "Pipeline stage latency: eou, stt_final, llm_first_token, tts_first_audio, turn_total",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.turn_overhead = Histogram(
+            "voxgate_turn_overhead_seconds",
+            "turn_total minus the provider and endpointing stages: the server's own time",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
+            registry=r,
+        )
+        self.budget_violations = Counter(
+            "voxgate_budget_violations",
+            "Pipeline stages that ran past their [budgets] deadline",
+            ["stage"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "voxgate_fallbacks",
+            "Fallbacks taken: retry, next provider, partial transcript, filler, apology",
+            ["stage", "action"],
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "voxgate_provider_errors",
+            "Provider failures by provider and kind (auth, rate_limited, timeout, ...)",
+            ["provider", "kind"],
+            registry=r,
+        )
+
+    def observe_stage_ms(self, stage: str, latency_ms: float) -> None:
+        self.stage_latency.labels(stage).observe(latency_ms / 1000)
+
+    def observe_overhead_ms(self, latency_ms: float) -> None:
+        self.turn_overhead.observe(max(0.0, latency_ms) / 1000)
+
+    def count_violation(self, stage: str) -> None:
+        self.budget_violations.labels(stage).inc()
+
+    def count_fallback(self, stage: str, action: str) -> None:
+        self.fallbacks.labels(stage, action).inc()
+
+    def count_provider_error(self, provider: str, kind: str) -> None:
+        self.provider_errors.labels(provider, kind).inc()
+
     def observe_turn_ms(self, latency_ms: float) -> None:
         self.turn_latency.observe(latency_ms / 1000)
 

@@ -176,6 +176,8 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
                     config.agent,
                     lead_frames=config.server.outbound_lead_frames,
                     observer=registry.metrics,
+                    agent=registry.agent_factory,
+                    eou_budget_ms=config.budgets.eou_ms,
                 )
                 registry.add(call)
             if call is not None:

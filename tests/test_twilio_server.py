@@ -66,6 +66,11 @@ def media_message(seq: int, chunk: int, payload: bytes) -> str:
     )
 
 
+def echo_config(**environ: str) -> Config:
+    """The configuration with the echo agent (these tests check the reply bit for bit)."""
+    return load_config(environ=environ, overrides={"agent.name": "echo"})
+
+
 async def serve(aiohttp_server: AiohttpServer, config: Config) -> TestServer:
     return await aiohttp_server(build_app(config), host="127.0.0.1")
 
@@ -106,7 +111,7 @@ async def good_call(url: str, call_sid: str) -> dict[str, Any]:
 
 
 async def test_echo_call_end_to_end(aiohttp_server: AiohttpServer) -> None:
-    server = await serve(aiohttp_server, load_config(environ={}))
+    server = await serve(aiohttp_server, echo_config())
     result = await good_call(str(server.make_url("/twilio")), "CA" + "a" * 32)
     utterance_core = result["sent"][600 * 8 + 400 : -400]
     assert utterance_core in result["received"]
@@ -114,7 +119,7 @@ async def test_echo_call_end_to_end(aiohttp_server: AiohttpServer) -> None:
 
 
 async def test_bad_client_beside_a_good_one(aiohttp_server: AiohttpServer) -> None:
-    server = await serve(aiohttp_server, load_config(environ={}))
+    server = await serve(aiohttp_server, echo_config())
     url = str(server.make_url("/twilio"))
 
     async def bad_client() -> int | None:
@@ -137,7 +142,7 @@ async def test_bad_client_beside_a_good_one(aiohttp_server: AiohttpServer) -> No
 
 
 async def test_signature_is_required_when_configured(aiohttp_server: AiohttpServer) -> None:
-    config = load_config(environ={"VOXGATE_TWILIO__AUTH_TOKEN": "s3cret"})
+    config = echo_config(VOXGATE_TWILIO__AUTH_TOKEN="s3cret")
     server = await serve(aiohttp_server, config)
     url = server.make_url("/twilio")
     async with aiohttp.ClientSession() as session:
@@ -161,7 +166,7 @@ async def test_signature_is_required_when_configured(aiohttp_server: AiohttpServ
 
 
 async def test_readiness_goes_503_when_full(aiohttp_server: AiohttpServer) -> None:
-    server = await serve(aiohttp_server, load_config(environ={"VOXGATE_SERVER__MAX_CALLS": "1"}))
+    server = await serve(aiohttp_server, echo_config(VOXGATE_SERVER__MAX_CALLS="1"))
     url = str(server.make_url("/twilio"))
     async with aiohttp.ClientSession() as session:
         assert (await session.get(server.make_url("/readyz"))).status == 200
@@ -186,7 +191,7 @@ async def metrics_text(server: TestServer) -> str:
 async def test_dtmf_cuts_the_reply_and_marks_after_clear_count_as_cleared(
     aiohttp_server: AiohttpServer,
 ) -> None:
-    server = await serve(aiohttp_server, load_config(environ={}))
+    server = await serve(aiohttp_server, echo_config())
     url = str(server.make_url("/twilio"))
     frames = frames_of(speech.silence(600, 8000)) + frames_of(
         speech.speech("please read my account balance", 8000)
@@ -221,7 +226,7 @@ async def test_dtmf_cuts_the_reply_and_marks_after_clear_count_as_cleared(
 
 
 async def test_stop_mid_utterance_ends_the_call_cleanly(aiohttp_server: AiohttpServer) -> None:
-    server = await serve(aiohttp_server, load_config(environ={}))
+    server = await serve(aiohttp_server, echo_config())
     registry = server.app["registry"]
     url = str(server.make_url("/twilio"))
     half = frames_of(speech.speech("I would like to change my delivery address", 8000))
