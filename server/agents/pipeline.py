@@ -40,6 +40,7 @@ import numpy.typing as npt
 from engine.turn import (
     ClearPlayout,
     Command,
+    Interrupted,
     StartResponse,
     StartSttUtterance,
     StopSttUtterance,
@@ -88,6 +89,7 @@ class _Response:
     audio_queued: bool = False
     audio_sent: bool = False
     done: bool = False
+    cleared_at: float | None = None  # time.monotonic() of the ClearPlayout
 
 
 class PipelineAgent:
@@ -142,6 +144,10 @@ class PipelineAgent:
             self._start(command)
         elif isinstance(command, ClearPlayout):
             self._clear(command.generation, command.position_ms)
+        elif isinstance(command, Interrupted):
+            response = self._responses.get(command.generation)
+            if response is not None:
+                response.record.yield_ms = float(self._control.now_ms - command.onset_ms)
 
     def on_dtmf(self, digit: str) -> None:
         if self._closed:
@@ -285,10 +291,12 @@ class PipelineAgent:
             raise
         finally:
             filler.cancel()
-            if speaker is not None and record.outcome in ("pending", "cancelled"):
+            if speaker is not None and record.outcome in ("pending", "cancelled", "interrupted"):
                 await _shielded(speaker.cancel())
             if llm is not None:
                 await _shielded(llm.aclose())
+            if response.cleared_at is not None:
+                record.cancel_ms = round((time.monotonic() - response.cleared_at) * 1000, 1)
             self._finish(generation, response)
 
     async def _user_text(self, record: TurnRecord, turn_deadline: float) -> str | None:
@@ -394,6 +402,7 @@ class PipelineAgent:
         if response is None:
             return
         if response.task is not None and not response.task.done():
+            response.cleared_at = time.monotonic()
             response.task.cancel()
         record = response.record
         heard = response.ledger.heard_text(position_ms) if position_ms > 0 else ""

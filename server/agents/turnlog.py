@@ -35,6 +35,10 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     """What the caller heard of the reply (all of it unless interrupted)."""
     heard_ms: int | None = None
     """Set when the reply was interrupted: how much of it was played."""
+    yield_ms: float | None = None
+    """Interrupted: the caller's onset to the playout cleared (media ms)."""
+    cancel_ms: float | None = None
+    """Interrupted: the playout cleared to the LLM and TTS work cancelled (ms)."""
     outcome: Outcome = "pending"
     stages_ms: dict[str, float] = msgspec.field(default_factory=dict)
     overhead_ms: float | None = None
