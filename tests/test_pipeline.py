@@ -383,3 +383,22 @@ async def test_hangup_mid_reply_stops_every_task(reason: str) -> None:
     await asyncio.sleep(0.3)
     leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert leftover == set(), leftover
+
+
+async def test_unspeakable_and_huge_replies_are_skipped_or_split() -> None:
+    tts = TtsScript()
+    huge = " ".join(["blah"] * 400)  # no punctuation at all: 2000 characters
+    llm = LlmScript(reply="*** ...")
+    h = Harness([("stt", SttScript(["one", "two"]))], [("good", llm)], [("tts", tts)])
+    await h.quiet(300)
+    await h.say("one")
+    await h.until(h.reply_done)
+    assert h.turns()[0]["outcome"] == "answered" and tts.texts == []
+    llm.reply = huge
+    await h.quiet(300)
+    await h.say("two")
+    await h.until(lambda: len(h.turns()) == 2 and h.reply_done(), limit_ms=8000)
+    assert len(tts.texts) >= 2000 // 250
+    assert all(0 < len(t) <= 250 for t in tts.texts)
+    assert " ".join(tts.texts) == huge
+    await h.close()
