@@ -56,16 +56,14 @@ class LlmReply:
         over_budget = False
         first_try = True
         no_retry = False
+        t0 = time.monotonic()  # the stage runs from the first request
         for index, retry in attempts:
             name, llm = self._chain[index]
-            if retry and no_retry:
-                continue
+            if retry and (no_retry or time.monotonic() + self._budget_s > self._turn_deadline):
+                continue  # a retry only while a whole budget fits; the next provider always
             if not first_try:
-                if time.monotonic() + self._budget_s > self._turn_deadline:
-                    break
                 self._fallback("retry" if retry else f"next:{name}")
             first_try = False
-            t0 = time.monotonic()
             stream = llm.stream(self._messages)
             try:
                 async with asyncio.timeout(self._budget_s):

@@ -21,7 +21,7 @@ from typing import Final
 _SENTENCE_END: Final = frozenset(".!?")
 _CLAUSE_END: Final = frozenset(",;:—")
 _ABBREVIATIONS: Final = frozenset(
-    {"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "no", "jr", "sr", "prof"}
+    {"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "jr", "sr", "prof"}
 )
 _MARKUP: Final = re.compile(r"[*_`#~]+|\[|\]\([^)]*\)")
 _SPACES: Final = re.compile(r"\s+")
@@ -77,7 +77,7 @@ class PhraseCutter:
         buf = self._buf
         min_clause = self.first_min_chars if self._emitted == 0 else self.clause_min_chars
         # The character after a boundary must be seen, so stop one short of the end.
-        for i in range(self._scan, len(buf) - 1):
+        for i in range(self._scan, min(len(buf) - 1, self.max_chars)):
             ch = buf[i]
             if ch == "\n":
                 return i + 1
@@ -87,7 +87,7 @@ class PhraseCutter:
                 return i + 1
             if ch in _CLAUSE_END and i + 1 >= min_clause:
                 return i + 1
-        self._scan = max(0, len(buf) - 1)
+        self._scan = max(0, min(len(buf) - 1, self.max_chars))
         if len(buf) > self.max_chars:
             return _space_cut(buf, self.max_chars)
         return None
@@ -100,7 +100,8 @@ def _is_abbreviation(buf: str, dot: int) -> bool:
     while start > 0 and (buf[start - 1].isalpha() or buf[start - 1] == "."):
         start -= 1
     raw = buf[start:dot]
-    return raw.lower() in _ABBREVIATIONS or (len(raw) == 1 and raw.isupper())
+    # A lone capital is an initial ("J. Smith"), except the pronoun ("So do I. Next").
+    return raw.lower() in _ABBREVIATIONS or (len(raw) == 1 and raw.isupper() and raw != "I")
 
 
 def _space_cut(text: str, limit: int) -> int:

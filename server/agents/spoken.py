@@ -101,7 +101,7 @@ class SpokenLedger:
                 break
             if not segment.in_history or not segment.texts:
                 continue
-            whole = segment.complete and local_ms >= segment.audio_ms
+            whole = segment.complete and heard_ms >= segment.start_ms + segment.audio_ms
             part = segment.text if whole else _partial(segment, local_ms)
             if part:
                 parts.append(part)
