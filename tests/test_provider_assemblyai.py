@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.g711 import ulaw_encode
-from server.providers import assemblyai
+from server.providers import assemblyai, sttstream
 from server.providers.assemblyai import (
     AaiTurn,
     AssemblyAi,
@@ -66,12 +66,15 @@ def pcm_of(*parts: np.ndarray[Any, Any]) -> bytes:
     return data[: len(data) // FRAME * FRAME]
 
 
+CLIENT_FILES = frozenset({assemblyai.__file__, sttstream.__file__})
+
+
 def client_tasks() -> set[asyncio.Task[Any]]:
-    """Live tasks running code of the client module."""
+    """Live tasks running code of the client module or its shared stream machinery."""
     out = set()
     for task in asyncio.all_tasks():
         code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and code.co_filename == assemblyai.__file__ and not task.done():
+        if code is not None and code.co_filename in CLIENT_FILES and not task.done():
             out.add(task)
     return out
 
@@ -280,6 +283,129 @@ async def test_flush_pads_the_last_piece_and_ends_the_turn(
     await stream.close()
     assert rig.chunk_sizes()[len(sizes) :] == [1920]  # 60 ms needs no padding
     assert rig.texts() == ['{"type":"ForceEndpoint"}'] * 2 + ['{"type":"Terminate"}']
+    assert client_tasks() == set()
+
+
+# ------------------------------------------------------------------ flush answers
+
+
+def push_now(stream: AssemblyAiStream, pcm: bytes) -> None:
+    """Push ``pcm`` without yielding: nothing can arrive before the next call."""
+    for i in range(0, len(pcm), FRAME):
+        stream.push_audio(pcm[i : i + FRAME])
+
+
+async def next_end_of_turn(events: AsyncIterator[SttEvent], seen: list[SttEvent]) -> SttEvent:
+    async with asyncio.timeout(10):  # a hang guard, not a latency check
+        async for event in events:
+            seen.append(event)
+            if event.kind is SttEventKind.END_OF_TURN:
+                return event
+    raise AssertionError("stream ended before END_OF_TURN")
+
+
+async def test_flush_of_silence_gives_one_empty_end_of_turn(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    # The service answers ForceEndpoint only by ending an open turn; with none
+    # open it sends nothing, so the stream answers the flush itself.
+    rig = await rig_factory()
+    stream = await AssemblyAi(rig.settings(), http).open_stream()
+    events = stream.events()
+    push_now(stream, pcm_of(speech.silence(620)))
+    await stream.flush()
+    seen: list[SttEvent] = []
+    end = await next_end_of_turn(events, seen)
+    assert kinds(seen) == [SttEventKind.END_OF_TURN]
+    assert (end.text, end.words, end.audio_end_ms) == ("", (), 620.0)
+    await stream.close()
+    assert [e async for e in events] == []
+    assert rig.texts() == ['{"type":"ForceEndpoint"}', '{"type":"Terminate"}']
+    assert rig.sent("Turn") == []
+    assert client_tasks() == set()
+
+
+async def test_flush_after_speech_gives_finals_then_one_end_of_turn(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory()
+    stream = await AssemblyAi(rig.settings(), http).open_stream()
+    spoken = pcm_of(speech.speech(UTTERANCE_1), speech.silence(100))
+    await push(stream, spoken)
+    await stream.flush()
+    await stream.close()
+    events = await drain(stream)
+    order = kinds(events)
+    assert order.count(SttEventKind.END_OF_TURN) == 1
+    assert order[-2:] == [SttEventKind.FINAL, SttEventKind.END_OF_TURN]
+    end = events[-1]
+    finals = [e for e in events if e.kind is SttEventKind.FINAL]
+    assert words_of(end.text) == words_of(UTTERANCE_1)
+    assert [w.text for f in finals for w in f.words] == [w.text for w in end.words]
+    padded_ms = sum(rig.chunk_sizes()) / 32
+    assert len(spoken) / 32 <= end.audio_end_ms <= padded_ms  # type: ignore[operator]
+    assert [m["end_of_turn"] for m in rig.sent("Turn")][-1] is True
+
+
+async def test_two_flushes_in_one_turn_give_two_end_of_turns_in_order(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory()
+    stream = await AssemblyAi(rig.settings(), http).open_stream()
+    events = stream.events()
+    await push(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(100)))
+    seen: list[SttEvent] = []
+    async with asyncio.timeout(10):
+        async for event in events:  # the turn is open once SpeechStarted is in
+            seen.append(event)
+            if event.kind is SttEventKind.SPEECH_STARTED:
+                break
+    await stream.flush()
+    await stream.flush()  # the first one ends the turn: nothing is left for this one
+    first = await next_end_of_turn(events, seen)
+    second = await next_end_of_turn(events, seen)
+    assert words_of(first.text) == words_of(UTTERANCE_1)
+    assert second.text == "" and second.words == ()
+    await stream.close()
+    assert [m["end_of_turn"] for m in rig.sent("Turn")].count(True) == 1
+
+
+async def test_turn_ending_with_no_words_gives_an_empty_end_of_turn(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory(script=[])  # speech is heard but no words recognised
+    stream = await AssemblyAi(rig.settings(), http).open_stream()
+    await push(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(1500)))
+    await stream.close()
+    events = await drain(stream)
+    assert [(e.kind, e.text) for e in events] == [
+        (SttEventKind.SPEECH_STARTED, ""),
+        (SttEventKind.END_OF_TURN, ""),
+    ]
+    assert [m["transcript"] for m in rig.sent("Turn") if m["end_of_turn"]] == [""]
+
+
+async def test_turn_left_open_after_a_flush_is_ended_after_the_flush_timeout(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    # Begin, SpeechStarted, two partial Turns (one final word), then the fake goes silent.
+    rig = await rig_factory(profile=Profile(fault=Fault.STALL, after_chunks=4))
+    stream = await AssemblyAi(rig.settings(flush_timeout_ms=100), http).open_stream()
+    events = stream.events()
+    await push(stream, pcm_of(speech.speech(UTTERANCE_1)))
+    seen: list[SttEvent] = []
+    async with asyncio.timeout(10):
+        async for event in events:
+            seen.append(event)
+            if event.kind is SttEventKind.FINAL:
+                break
+    await stream.flush()
+    end = await next_end_of_turn(events, seen)
+    finals = [w.text for e in seen if e.kind is SttEventKind.FINAL for w in e.words]
+    assert finals and [w.text for w in end.words] == finals
+    assert end.text == " ".join(finals)
+    assert kinds(seen).count(SttEventKind.END_OF_TURN) == 1
+    await stream.abort()
     assert client_tasks() == set()
 
 
@@ -696,6 +822,9 @@ def feed_mapper(frames: list[str | bytes]) -> None:
         if message is not None:
             for event in mapper.events_for(message, 1):
                 assert isinstance(event, SttEvent)
+        if len(data) % 3 == 0:  # now and then a flush the server left unanswered
+            end = mapper.end_turn(2, 0.0)
+            assert end.kind is SttEventKind.END_OF_TURN and not mapper.turn_open
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -771,6 +900,28 @@ def test_mapper_reports_each_word_final_once() -> None:
     formatted = turn(end_of_turn=True, turn_is_formatted=True, transcript="Hi the.")
     assert mapper.events_for(formatted, 4) == []
     assert not mapper.turn_open
+
+
+def test_mapper_ends_turns_the_server_does_not() -> None:
+    mapper = AssemblyAiEventMapper()
+    turn = decode_message(json.dumps(turn_frame()))
+    assert isinstance(turn, AaiTurn)
+    mapper.events_for(turn, 1)
+    assert mapper.turn_open
+    end = mapper.end_turn(2, 900.0)
+    assert (end.kind, end.text, end.audio_end_ms) == (SttEventKind.END_OF_TURN, "hi", 900.0)
+    assert not mapper.turn_open
+    late = decode_message(json.dumps(turn_frame(end_of_turn=True, transcript="hi the")))
+    assert isinstance(late, AaiTurn)
+    assert mapper.events_for(late, 3) == []  # that turn already ended here
+    empty = decode_message(json.dumps(turn_frame(turn_order=1, end_of_turn=True, words=[])))
+    assert isinstance(empty, AaiTurn)
+    (ended,) = mapper.events_for(empty, 4)
+    assert (ended.kind, ended.text, ended.words) == (SttEventKind.END_OF_TURN, "hi", ())
+    blank = turn_frame(turn_order=2, end_of_turn=True, words=[], transcript="")
+    (ended,) = mapper.events_for(AaiTurn(**{k: v for k, v in blank.items() if k != "type"}), 5)
+    assert (ended.kind, ended.text, ended.audio_end_ms) == (SttEventKind.END_OF_TURN, "", None)
+    assert mapper.end_turn(6, 1000.0).text == ""  # no turn open: nothing to report
 
 
 # ----------------------------------------------------------------- the fake itself

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.g711 import ulaw_encode
-from server.providers import deepgram_stt
+from server.providers import deepgram_stt, sttstream
 from server.providers.base import (
     AuthError,
     ConnectionLostError,
@@ -45,7 +45,7 @@ from server.providers.deepgram_stt import (
     decode_message,
 )
 from tests import speech
-from tests.fakes.deepgram_stt import HANDSHAKES, RECEIVED, deepgram_stt_app
+from tests.fakes.deepgram_stt import CONFIG, HANDSHAKES, RECEIVED, deepgram_stt_app
 from tests.fakes.profile import Fault, Profile
 
 FRAME = 640
@@ -64,12 +64,15 @@ def pcm_of(*parts: np.ndarray[Any, Any]) -> bytes:
     return data[: len(data) // FRAME * FRAME]
 
 
+CLIENT_FILES = frozenset({deepgram_stt.__file__, sttstream.__file__})
+
+
 def client_tasks() -> set[asyncio.Task[Any]]:
-    """Live tasks running code of the client module."""
+    """Live tasks running code of the client module or its shared stream machinery."""
     out = set()
     for task in asyncio.all_tasks():
         code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and code.co_filename == deepgram_stt.__file__ and not task.done():
+        if code is not None and code.co_filename in CLIENT_FILES and not task.done():
             out.add(task)
     return out
 
@@ -254,6 +257,151 @@ async def test_flush_sends_finalize_after_audio_and_gets_final(
     finalize_at = next(i for i, r in enumerate(received) if r.kind == "text")
     assert all(r.kind == "audio" for r in received[:finalize_at])
     await stream.close()
+    assert client_tasks() == set()
+
+
+# ------------------------------------------------------------------ flush answers
+
+
+def push_now(stream: DeepgramSttStream, pcm: bytes) -> None:
+    """Push ``pcm`` without yielding: nothing can arrive before the next call."""
+    for i in range(0, len(pcm), FRAME):
+        stream.push_audio(pcm[i : i + FRAME])
+
+
+async def flush_and_close(stream: DeepgramSttStream) -> list[SttEvent]:
+    """Flush, wait for its END_OF_TURN, close, and return every event."""
+    events = stream.events()
+    await stream.flush()
+    seen: list[SttEvent] = []
+    await next_event(events, SttEventKind.END_OF_TURN, seen)
+    await stream.close()
+    return seen + [event async for event in events]
+
+
+async def test_flush_of_silence_gives_one_empty_end_of_turn(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory()
+    stream = await DeepgramStt(rig.settings(), http).open_stream()
+    push_now(stream, pcm_of(speech.silence(600)))
+    events = await flush_and_close(stream)
+    assert kinds(events) == [SttEventKind.END_OF_TURN]
+    (end,) = events
+    assert end.text == "" and end.words == ()
+    assert end.audio_end_ms == 600.0  # covers everything pushed before the flush
+    answers = [m for _, m in rig.app[CONFIG].sent if '"from_finalize": true' in m]
+    assert len(answers) == 1  # the service's answer, not a client-side guess
+    assert client_tasks() == set()
+
+
+async def test_late_finalize_answer_still_answers_the_flush(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory(finalize_delay_ms=200)
+    stream = await DeepgramStt(rig.settings(flush_timeout_ms=5000), http).open_stream()
+    push_now(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(100)))
+    events = await flush_and_close(stream)
+    ends = [e for e in events if e.kind is SttEventKind.END_OF_TURN]
+    assert [words_of(e.text) for e in ends] == [words_of(UTTERANCE_1)]
+
+
+async def test_flush_after_speech_gives_final_then_one_end_of_turn(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory()
+    stream = await DeepgramStt(rig.settings(), http).open_stream()
+    push_now(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(100)))
+    events = await flush_and_close(stream)
+    order = kinds(events)
+    assert order.count(SttEventKind.END_OF_TURN) == 1
+    assert order[-2:] == [SttEventKind.FINAL, SttEventKind.END_OF_TURN]
+    final, end = events[-2:]
+    assert words_of(end.text) == words_of(UTTERANCE_1) == words_of(final.text)
+    assert [w.text for w in end.words] == [w.text for w in final.words]
+    assert end.audio_end_ms == pytest.approx(len(pcm_of(speech.speech(UTTERANCE_1))) / 32 + 100)
+
+
+async def test_speech_final_waiting_for_a_flush_answer_is_the_answer(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    # The fake ends the segment with speech_final after 300 ms of the 500 ms of
+    # silence, then answers the Finalize with an empty final: one END_OF_TURN.
+    rig = await rig_factory()
+    stream = await DeepgramStt(rig.settings(), http).open_stream()
+    push_now(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(500)))
+    events = await flush_and_close(stream)
+    ends = [e for e in events if e.kind is SttEventKind.END_OF_TURN]
+    assert [words_of(e.text) for e in ends] == [words_of(UTTERANCE_1)]
+    sent = [json.loads(m) for _, m in rig.app[CONFIG].sent]
+    results = [m for m in sent if m["type"] == "Results" and m["is_final"]]
+    assert results[0]["speech_final"] and results[-1].get("from_finalize")
+
+
+async def test_two_flushes_give_two_end_of_turns_in_order(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory()
+    stream = await DeepgramStt(rig.settings(), http).open_stream()
+    push_now(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(100)))
+    await stream.flush()
+    await stream.flush()
+    await stream.close()
+    ends = [e for e in await drain(stream) if e.kind is SttEventKind.END_OF_TURN]
+    assert [words_of(e.text) for e in ends] == [words_of(UTTERANCE_1), []]
+    assert rig.texts()[:2] == ['{"type":"Finalize"}'] * 2
+
+
+async def test_unanswered_finalize_is_answered_after_the_flush_timeout(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory(answer_idle_finalize=False)
+    stream = await DeepgramStt(rig.settings(flush_timeout_ms=100), http).open_stream()
+    push_now(stream, pcm_of(speech.speech(UTTERANCE_1), speech.silence(400)))
+    events = stream.events()
+    await stream.flush()  # answered by the fake: speech was pending
+    await stream.flush()  # nothing since the last final: no answer from the fake
+    ends = [await next_event(events, SttEventKind.END_OF_TURN) for _ in range(2)]
+    assert [words_of(e.text) for e in ends] == [words_of(UTTERANCE_1), []]
+    await stream.close()
+    answers = [m for _, m in rig.app[CONFIG].sent if '"from_finalize": true' in m]
+    assert len(answers) == 1
+    assert client_tasks() == set()
+
+
+async def test_close_answers_a_flush_the_server_left_unanswered(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory(answer_idle_finalize=False)
+    stream = await DeepgramStt(rig.settings(flush_timeout_ms=60_000), http).open_stream()
+    await stream.flush()  # no audio at all: the fake does not answer
+    await stream.close()
+    events = await drain(stream)
+    assert [(e.kind, e.text, e.audio_end_ms) for e in events] == [
+        (SttEventKind.END_OF_TURN, "", 0.0)
+    ]
+
+
+async def test_flush_while_reconnecting_is_answered_at_once(
+    rig_factory: Callable[..., Awaitable[Rig]], http: aiohttp.ClientSession
+) -> None:
+    rig = await rig_factory(
+        profile=Profile(fault=Fault.DISCONNECT, after_chunks=1), faulty_connections=1
+    )
+    settings = rig.settings(reconnect_base_ms=1000, reconnect_max_ms=1000)
+    stream = await DeepgramStt(settings, http).open_stream()
+    events = stream.events()
+    pcm = pcm_of(speech.speech(UTTERANCE_1), speech.silence(400))
+    async with asyncio.timeout(10):  # a hang guard
+        while not stream.dropped_ms:  # audio is dropped once the socket is down
+            await push(stream, pcm[: 10 * FRAME])
+    pushed_ms = stream.dropped_ms + sum(len(r.data) for r in rig.app[RECEIVED]) / 32
+    await stream.flush()
+    end = await next_event(events, SttEventKind.END_OF_TURN)
+    assert end.text == ""
+    assert end.audio_end_ms is not None and end.audio_end_ms >= pushed_ms
+    assert stream.reconnects == 0  # answered before the new socket came up
+    await stream.abort()
     assert client_tasks() == set()
 
 
@@ -646,8 +794,11 @@ def feed_mapper(data: str | bytes) -> None:
     except ProviderProtocolError:
         return
     if message is not None:
+        mapper.hold_turn_end = len(data) % 2 == 1  # as while a Finalize waits
         for event in mapper.events_for(message, 1):
             assert isinstance(event, SttEvent)
+        end = mapper.end_turn(2, 0.0)  # a flush answer after any message
+        assert end.kind is SttEventKind.END_OF_TURN and isinstance(end.text, str)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -692,6 +843,21 @@ def test_mapper_turns_and_interims() -> None:
     assert events[1].audio_end_ms == 1500.0
     assert events[0].words[0].start_ms == 600.0
     assert mapper.events_for(utterance_end, 4) == []  # the turn already ended
+
+
+def test_mapper_holds_the_turn_end_for_a_flush_answer() -> None:
+    mapper = DeepgramEventMapper()
+    mapper.hold_turn_end = True
+    final_end = decode_message(json.dumps(results_frame()))
+    utterance_end = decode_message('{"type":"UtteranceEnd","last_word_end":1.2}')
+    assert final_end is not None and utterance_end is not None
+    assert kinds(mapper.events_for(final_end, 1)) == [SttEventKind.FINAL]
+    assert mapper.events_for(utterance_end, 2) == []
+    end = mapper.end_turn(3, 2000.0)
+    assert (end.kind, end.text, end.audio_end_ms) == (SttEventKind.END_OF_TURN, "hi there", 2000.0)
+    assert [w.text for w in end.words] == ["hi", "there"]
+    empty = mapper.end_turn(4, 2500.0)
+    assert (empty.text, empty.words) == ("", ())
 
 
 # ----------------------------------------------------------------- the fake itself

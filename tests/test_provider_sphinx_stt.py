@@ -170,10 +170,14 @@ async def test_two_streams_at_once_keep_their_own_transcripts() -> None:
     await provider.aclose()
 
 
-async def test_silence_and_quiet_noise_produce_nothing() -> None:
+async def test_silence_and_quiet_noise_produce_nothing_but_the_flush_answer() -> None:
     provider = SphinxStt(settings_for_tests())
     quiet = pcm_frames(speech.concat([speech.silence(1000), speech.noise(2000, -60.0)]))
-    assert await transcribe(provider, quiet, flush=True) == []
+    assert await transcribe(provider, quiet) == []
+    events = await transcribe(provider, quiet, flush=True)
+    assert [(e.kind, e.text, e.words, e.audio_end_ms) for e in events] == [
+        (K.END_OF_TURN, "", (), 3000.0)
+    ]
     await provider.aclose()
 
 
@@ -194,14 +198,100 @@ async def test_flush_finalizes_before_the_endpointer_would() -> None:
     await provider.aclose()
 
 
-async def test_flush_without_speech_is_a_no_op() -> None:
+async def test_each_flush_of_silence_gives_one_empty_end_of_turn() -> None:
     provider = SphinxStt(settings_for_tests())
     stream = await provider.open_stream()
     push(stream, pcm_frames(speech.silence(400)))
     await stream.flush()
     await stream.flush()
+    push(stream, pcm_frames(speech.silence(200)))
+    await stream.flush()
     await stream.close()
-    assert [e async for e in stream.events()] == []
+    events = [e async for e in stream.events()]
+    assert [(e.kind, e.text, e.audio_end_ms) for e in events] == [
+        (K.END_OF_TURN, "", 400.0),
+        (K.END_OF_TURN, "", 400.0),
+        (K.END_OF_TURN, "", 600.0),
+    ]
+    await provider.aclose()
+
+
+async def test_flushes_queued_together_keep_their_place_in_the_audio() -> None:
+    provider = SphinxStt(settings_for_tests())
+    stream = await provider.open_stream()
+    push(stream, pcm_frames(speech.silence(200)))
+    first = asyncio.ensure_future(stream.flush())
+    await asyncio.sleep(0)  # the flush is queued before the audio below
+    push(stream, spoken("i like coffee", tail_ms=200))
+    second = asyncio.ensure_future(stream.flush())
+    await asyncio.gather(first, second)
+    await stream.close()
+    ends = [e for e in [e async for e in stream.events()] if e.kind is K.END_OF_TURN]
+    assert ends[0].text == ""
+    assert "coffee" in ends[1].text.split()
+    assert [e.audio_end_ms for e in ends] == [
+        200.0,
+        200.0 + len(spoken("i like coffee", tail_ms=200)) / 32,
+    ]
+    await provider.aclose()
+
+
+@pytest.mark.parametrize("tail_ms", [100, 200])
+async def test_short_word_flushed_soon_after_is_recognised(tail_ms: int) -> None:
+    provider = SphinxStt(settings_for_tests())
+    stream = await provider.open_stream()
+    push(stream, spoken("yes", tail_ms=tail_ms))  # well under the 300 ms endpoint window
+    await stream.flush()
+    await stream.close()
+    (turn,) = turns([e async for e in stream.events()])
+    check_turn_shape(turn)
+    assert turn[-1].text == "yes"
+    assert turn[-1].audio_end_ms == LEAD_MS + len(speech.speech("yes")) // 320 * 20 + tail_ms
+    await provider.aclose()
+
+
+def quiet(text: str, gain_db: float = -18.0) -> speech.Pcm:
+    """``text`` spoken ``gain_db`` below the usual level: too quiet for the endpointer."""
+    voice = speech.speech(text).astype(np.float64) * 10 ** (gain_db / 20)
+    return np.round(voice).astype(np.int16)
+
+
+@pytest.mark.parametrize("tail_ms", [0, 100, 280])
+def test_word_the_endpointer_missed_is_decoded_on_flush(
+    shared_pool: DecoderPool, tail_ms: int
+) -> None:
+    recognizer = Recognizer(shared_pool, settings_for_tests())
+    audio = pcm_frames(
+        speech.concat([speech.silence(LEAD_MS), quiet("stop"), speech.silence(tail_ms)])
+    )
+    assert recognizer.feed(audio) == []  # the endpointer heard no speech
+    (turn,) = turns(recognizer.finalize())
+    check_turn_shape(turn)
+    assert turn[-1].text == "stop"
+    assert turn[-1].audio_end_ms == len(audio) / 32
+    word = turn[-2].words[0]
+    assert turn[0].audio_end_ms == word.start_ms  # speech began with the word
+    assert LEAD_MS - 100 <= word.start_ms <= LEAD_MS + 150
+    # Decoded audio is not decoded again: the endpointer starts afresh after it.
+    later = recognizer.feed(pcm_frames(speech.silence(1000))) + recognizer.finalize()
+    assert [(e.kind, e.text) for e in later] == [(K.END_OF_TURN, "")]
+    recognizer.discard()
+
+
+async def test_missed_word_through_the_stream() -> None:
+    provider = SphinxStt(settings_for_tests())
+    audio = pcm_frames(speech.concat([speech.silence(LEAD_MS), quiet("stop")]))
+    (turn,) = turns(await transcribe(provider, audio, flush=True))
+    check_turn_shape(turn)
+    assert turn[-1].text == "stop"
+    await provider.aclose()
+
+
+async def test_flush_lookback_zero_leaves_missed_words_alone() -> None:
+    provider = SphinxStt(settings_for_tests(flush_lookback_ms=0))
+    audio = pcm_frames(speech.concat([speech.silence(LEAD_MS), quiet("stop")]))
+    events = await transcribe(provider, audio, flush=True)
+    assert [(e.kind, e.text) for e in events] == [(K.END_OF_TURN, "")]
     await provider.aclose()
 
 
@@ -371,11 +461,16 @@ def test_any_audio_gives_well_formed_events(
             recognizer.discard()
             return
         if flush:
-            events += recognizer.finalize()
+            answer = recognizer.finalize()
+            assert answer and answer[-1].kind is K.END_OF_TURN
+            assert [e.kind for e in answer].count(K.END_OF_TURN) == 1
+            events += answer
     events += recognizer.close()
     open_turn = False
     for event in events:
-        if event.kind is K.SPEECH_STARTED:
+        if event.kind is K.END_OF_TURN and not open_turn:  # a flush that heard nothing
+            assert flush and event.text == "" and event.words == ()
+        elif event.kind is K.SPEECH_STARTED:
             assert not open_turn
             open_turn = True
         else:

@@ -28,10 +28,16 @@ immutable once ``word_is_final``:
 * newly final words of a ``Turn``: FINAL with those words (the turn's text is
   the concatenation of its FINAL texts);
 * the words not yet final: INTERIM (the tail that may still change);
-* ``end_of_turn``: END_OF_TURN with the turn's transcript and words, and
-  ``confidence`` set to ``end_of_turn_confidence``.  With ``format_turns`` the
-  formatted duplicate of an ended turn (same ``turn_order``) yields nothing;
+* ``end_of_turn``: END_OF_TURN with the turn's transcript and words (both
+  possibly empty), and ``confidence`` set to ``end_of_turn_confidence``.  With
+  ``format_turns`` the formatted duplicate of an ended turn (same
+  ``turn_order``) yields nothing;
 * ``SpeechStarted``: SPEECH_STARTED.
+
+Flush: ForceEndpoint makes the server end the open turn (an ``end_of_turn``
+Turn), which is the flush's END_OF_TURN.  With no turn open the protocol sends
+nothing back, so the stream makes an empty END_OF_TURN itself once the
+ForceEndpoint is on the wire (see :meth:`AssemblyAiStream.flush`).
 
 Reconnects: if the socket drops or stalls mid-stream (no message for
 ``receive_timeout_ms`` during an open turn while that much audio went out), the
@@ -40,15 +46,15 @@ Audio pushed while the connection is down, and audio queued but unsent when it
 dropped, is lost (counted in :attr:`AssemblyAiStream.dropped_ms`), and so is a
 turn that was open; event times stay on the stream's clock.  The send buffer
 holds at most ``max_unsent_ms``; newer audio beyond that is dropped and counted.
+That machinery is shared with the other streaming STT clients
+(:mod:`server.providers.sttstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Final, TypeAlias
 
 import aiohttp
@@ -61,7 +67,6 @@ from server.providers.base import (
     ConnectionLostError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeoutError,
     RateLimitedError,
     SttEvent,
     SttEventKind,
@@ -70,16 +75,13 @@ from server.providers.base import (
     Word,
 )
 from server.providers.connect import Backoff, error_for_exception
+from server.providers.sttstream import HttpSession, SocketSttStream, StreamTiming, WebSocket
 from server.providers.timeline import Timeline
 
 PROVIDER: Final = "assemblyai"
 WS_PATH: Final = "/v3/ws"
-FRAME_BYTES: Final = STT_RATE_HZ * 2 * 20 // 1000
-"""One 20 ms frame of 16 kHz int16 PCM (640 bytes)."""
-BYTES_PER_MS: Final = STT_RATE_HZ * 2 // 1000
 MIN_CHUNK_MS: Final = 50
 MAX_CHUNK_MS: Final = 1000
-CLOSE_NORMAL: Final = 1000
 
 _log = logging.getLogger(__name__)
 
@@ -91,8 +93,9 @@ UnitFloat: TypeAlias = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # ------------------------------------------------------------------------- settings
 
 
-class AssemblyAiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[providers.assemblyai]``: credentials, session options and client timing (ms)."""
+class AssemblyAiSettings(StreamTiming, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[providers.assemblyai]``: credentials, session options and client timing (ms; the
+    timing fields are :class:`~server.providers.sttstream.StreamTiming`'s)."""
 
     api_key: str
     base_url: str = "wss://streaming.assemblyai.com"
@@ -110,24 +113,6 @@ class AssemblyAiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Send KeepAlive after this long without audio (with ``inactivity_timeout_s``)."""
     chunk_ms: Annotated[int, msgspec.Meta(ge=MIN_CHUNK_MS, le=MAX_CHUNK_MS)] = 100
     """Audio per binary message (the service takes 50-1000 ms)."""
-    max_unsent_ms: PositiveMs = 5000
-    """Audio waiting to be sent beyond this is dropped (and counted)."""
-    connect_timeout_ms: PositiveMs = 5000
-    """Deadline for the handshake and the ``Begin`` message."""
-    receive_timeout_ms: PositiveMs = 5000
-    """Stall deadline: no message for this long during a turn while this much audio went out."""
-    close_timeout_ms: PositiveMs = 3000
-    """How long :meth:`AssemblyAiStream.close` waits for the last turns and Termination."""
-    reconnect_attempts: NonNegativeInt = 5
-    """Reconnects tried after drops (0: none), counted until a connection stays up
-    for ``reconnect_reset_ms``."""
-    reconnect_base_ms: PositiveMs = 100
-    reconnect_max_ms: PositiveMs = 5000
-    reconnect_reset_ms: PositiveMs = 30000
-
-    def __post_init__(self) -> None:
-        if self.reconnect_max_ms < self.reconnect_base_ms:
-            raise ValueError("reconnect_max_ms must be >= reconnect_base_ms")
 
 
 def stream_url(settings: AssemblyAiSettings, language: str | None = None) -> URL:
@@ -307,9 +292,11 @@ class AssemblyAiEventMapper:
     def __init__(self, timeline: Timeline | None = None) -> None:
         self.timeline = timeline or Timeline(0.0)
         self.turn_open = False
-        """A turn has begun and not ended (the stall deadline applies)."""
+        """A turn has begun and not ended (the stall deadline applies; ForceEndpoint
+        gets an answer)."""
         self._turn_order = -1
         self._reported_final = 0
+        self._final_words: list[Word] = []
         self._last_ended = -1
 
     def events_for(self, message: AssemblyAiMessage, received_ns: int) -> list[SttEvent]:
@@ -321,6 +308,18 @@ class AssemblyAiEventMapper:
             return [SttEvent(SttEventKind.SPEECH_STARTED, received_ns, audio_end_ms=at_ms)]
         return []
 
+    def end_turn(self, received_ns: int, audio_end_ms: float) -> SttEvent:
+        """END_OF_TURN for a turn the server will not end (its words reported final so
+        far, none if no turn is open); a late end of that turn is then ignored."""
+        words = tuple(self._final_words) if self.turn_open else ()
+        self._last_ended = max(self._last_ended, self._turn_order)
+        self._final_words = []
+        self.turn_open = False
+        text = " ".join(w.text for w in words)
+        return SttEvent(
+            SttEventKind.END_OF_TURN, received_ns, text, words, audio_end_ms=audio_end_ms
+        )
+
     def _words(self, words: list[AaiWord]) -> tuple[Word, ...]:
         ms = self.timeline.to_stream_ms
         return tuple(Word(w.text, ms(w.start), ms(w.end), w.confidence) for w in words)
@@ -331,6 +330,7 @@ class AssemblyAiEventMapper:
         if turn.turn_order != self._turn_order:
             self._turn_order = turn.turn_order
             self._reported_final = 0
+            self._final_words = []
         self.turn_open = not turn.end_of_turn
         words = turn.words
         n_final = len(words)
@@ -342,6 +342,7 @@ class AssemblyAiEventMapper:
             text = " ".join(w.text for w in new)
             out.append(SttEvent(SttEventKind.FINAL, received_ns, text, new, None, new[-1].end_ms))
             self._reported_final = n_final
+            self._final_words.extend(new)
         if not turn.end_of_turn:
             tail = self._words(words[n_final:])
             if tail:
@@ -351,313 +352,124 @@ class AssemblyAiEventMapper:
                 )
             return out
         self._last_ended = turn.turn_order
+        self._final_words = []
         all_words = self._words(words)
         text = turn.transcript.strip() or " ".join(w.text for w in all_words)
-        if text:
-            out.append(
-                SttEvent(
-                    SttEventKind.END_OF_TURN,
-                    received_ns,
-                    text,
-                    all_words,
-                    turn.end_of_turn_confidence,
-                    all_words[-1].end_ms if all_words else None,
-                )
+        out.append(
+            SttEvent(
+                SttEventKind.END_OF_TURN,
+                received_ns,
+                text,
+                all_words,
+                turn.end_of_turn_confidence,
+                all_words[-1].end_ms if all_words else None,
             )
+        )
         return out
 
 
 # ------------------------------------------------------------------------- stream
 
-_END: Final = object()
 
-
-class AssemblyAiStream:
+class AssemblyAiStream(SocketSttStream):
     """One streaming session: push 16 kHz PCM, read :class:`SttEvent` from :meth:`events`.
 
-    Create with :meth:`AssemblyAi.open_stream`.  One consumer reads :meth:`events`.
+    :meth:`AssemblyAi.open_stream` makes it; one consumer reads :meth:`events`.
+    Audio goes out in ``chunk_ms`` messages, a short last piece padded to 50 ms
+    before a control message.
     """
+
+    provider = PROVIDER
+    end_message = TERMINATE
+    keepalive_message = KEEPALIVE
+    hold_partial = True
+    min_chunk_ms = MIN_CHUNK_MS
 
     def __init__(
         self,
         settings: AssemblyAiSettings,
         session: aiohttp.ClientSession,
         url: URL,
-        opened: tuple[aiohttp.ClientWebSocketResponse, AaiBegin],
+        opened: tuple[WebSocket, AaiBegin],
         backoff: Backoff | None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._url = url
-        self._ws, begin = opened
-        self.session_id: str = begin.id
+        self.session_id: str = opened[1].id
         """The current session's id (from ``Begin``; a reconnect starts a new one)."""
-        self._backoff = backoff
         self._mapper = AssemblyAiEventMapper()
-        self._events: asyncio.Queue[SttEvent | ProviderError | object] = asyncio.Queue()
-        self._outbox: collections.deque[bytes | str] = collections.deque()
-        self._wake = asyncio.Event()
-        self._connected = True
-        self._closing = False
-        self._failure: ProviderError | None = None
-        self._chunk_bytes = settings.chunk_ms * BYTES_PER_MS
-        self._max_unsent_bytes = settings.max_unsent_ms * BYTES_PER_MS
-        self._pushed_bytes = 0
-        self._conn_bytes = 0
-        self._unsent_bytes = 0
-        self._dropped_bytes = 0
-        self._open_chunk_bytes = 0
-        self._sent_since_receipt_bytes = 0
-        self._last_receipt_ns = time.monotonic_ns()
-        self._connected_ns = self._last_receipt_ns
-        self._reconnects = 0
-        self._runner = asyncio.create_task(self._run(), name="assemblyai-stt")
-
-    # ------------------------------------------------------------------ public
-
-    @property
-    def dropped_ms(self) -> int:
-        """Audio (ms) pushed but never sent: buffer overflow and reconnect gaps."""
-        return self._dropped_bytes // BYTES_PER_MS
-
-    @property
-    def reconnects(self) -> int:
-        return self._reconnects
-
-    def push_audio(self, pcm: bytes) -> None:
-        """Queue 16 kHz mono int16 PCM (whole 20 ms frames); never blocks.
-
-        Audio is dropped (and counted) while the socket is down or when more
-        than ``max_unsent_ms`` would be waiting; ignored after :meth:`close`.
-        """
-        if len(pcm) % FRAME_BYTES:
-            raise ValueError(f"push_audio takes whole 20 ms frames ({FRAME_BYTES} bytes each)")
-        if not pcm or self._closing:
-            return
-        self._pushed_bytes += len(pcm)
-        if not self._connected or self._unsent_bytes + len(pcm) > self._max_unsent_bytes:
-            if self._connected:
-                if not self._dropped_bytes:
-                    _log.warning("assemblyai: send buffer full, dropping audio")
-                self._mapper.timeline.skip(self._conn_bytes / BYTES_PER_MS, len(pcm) / BYTES_PER_MS)
-            self._dropped_bytes += len(pcm)
-            return
-        self._queue_audio(bytes(pcm))
+        super().__init__(
+            settings,
+            opened[0],
+            backoff,
+            chunk_ms=settings.chunk_ms,
+            keepalive_interval_ms=settings.keepalive_interval_ms,
+        )
 
     async def flush(self) -> None:
-        """Send ForceEndpoint after the audio queued so far: the open turn ends now."""
-        self._queue_control(FORCE_ENDPOINT)
+        """Send ForceEndpoint after the audio queued so far: the open turn ends now.
+
+        Exactly one END_OF_TURN answers it, with the turn's text (empty if nothing
+        was recognised) and ``audio_end_ms`` covering all audio pushed before.
+        The service answers ForceEndpoint only when a turn is open; when none is
+        as it goes out (no SpeechStarted or partial Turn since the last ended
+        turn, and no earlier ForceEndpoint waiting for that turn's end), the
+        protocol has nothing to send, so the empty END_OF_TURN is made here.  A
+        turn whose end does not come within ``flush_timeout_ms`` is ended here
+        with its final words.  Ignored after :meth:`close`.
+        """
+        self._queue_flush(FORCE_ENDPOINT, owed=None)
 
     async def update_configuration(self, update: UpdateConfiguration) -> None:
         """Change end-of-turn detection for the rest of the session."""
         self._queue_control(msgspec.json.encode(update).decode())
 
-    async def close(self) -> None:
-        """Send Terminate after the queued audio, wait (``close_timeout_ms``) for the
-        last turns, Termination and the server's close, then release everything.
-        Idempotent."""
-        if not self._closing:
-            self._queue_control(TERMINATE, force=True)
-            self._closing = True
-        try:
-            timeout_s = self._settings.close_timeout_ms / 1000
-            done, _ = await asyncio.wait({self._runner}, timeout=timeout_s)
-        except asyncio.CancelledError:
-            await self.abort()
-            raise
-        if not done:
-            await self._stop(ProviderTimeoutError(PROVIDER, "no Termination after Terminate"))
+    # ------------------------------------------------------------------- hooks
 
-    async def abort(self) -> None:
-        """Drop the socket at once without waiting for the last turns.  Idempotent."""
-        self._closing = True
-        await self._stop(None)
-
-    async def events(self) -> AsyncIterator[SttEvent]:
-        """Events in arrival order; ends after :meth:`close`, raises :class:`ProviderError`."""
-        while True:
-            item = await self._events.get()
-            if isinstance(item, SttEvent):
-                yield item
-                continue
-            self._events.put_nowait(item)  # later readers see the same ending
-            if isinstance(item, ProviderError):
-                raise item
-            return
-
-    # ---------------------------------------------------------------- internals
-
-    def _queue_audio(self, pcm: bytes) -> None:
-        self._conn_bytes += len(pcm)
-        self._unsent_bytes += len(pcm)
-        self._open_chunk_bytes = (self._open_chunk_bytes + len(pcm)) % self._chunk_bytes
-        self._outbox.append(pcm)
-        self._wake.set()
-
-    def _queue_control(self, message: str, *, force: bool = False) -> None:
-        """Queue a text frame after the audio so far, padding the last piece to 50 ms."""
-        if self._failure is not None and not force:
-            raise self._failure
-        if self._closing or not self._connected:
-            return
-        short = self._open_chunk_bytes
-        if 0 < short < MIN_CHUNK_MS * BYTES_PER_MS:
-            pad = MIN_CHUNK_MS * BYTES_PER_MS - short
-            self._queue_audio(bytes(pad))
-            self._mapper.timeline.skip(self._conn_bytes / BYTES_PER_MS, -pad / BYTES_PER_MS)
-        self._open_chunk_bytes = 0
-        self._outbox.append(message)
-        self._wake.set()
-
-    async def _stop(self, error: ProviderError | None) -> None:
-        if not self._runner.done():
-            self._runner.cancel()
-            await asyncio.wait({self._runner})
-            self._finish(error)
-
-    def _finish(self, error: ProviderError | None) -> None:
-        if self._failure is None and error is not None:
-            self._failure = error
-        self._events.put_nowait(error if error is not None else _END)
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                try:
-                    await self._serve()
-                    self._finish(None)
-                    return
-                except (ConnectionLostError, ProviderTimeoutError) as exc:
-                    if self._closing or self._backoff is None:
-                        raise
-                    await self._reconnect(exc)
-        except ProviderError as exc:
-            self._finish(exc)
-        except Exception as exc:
-            _log.exception("assemblyai: stream failed")
-            self._finish(error_for_exception(PROVIDER, exc))
-        finally:
-            self._connected = False
-            await self._ws.close()
-
-    async def _reconnect(self, error: ProviderError) -> None:
-        assert self._backoff is not None
-        self._connected = False
-        up_ns = time.monotonic_ns() - self._connected_ns
-        if up_ns >= self._settings.reconnect_reset_ms * 1_000_000:
-            self._backoff.reset()
-        self._outbox.clear()
-        self._dropped_bytes += self._unsent_bytes
-        self._unsent_bytes = 0
-        await self._ws.close()
-        while True:
-            delay_s = self._backoff.next_delay_s(error)
-            if delay_s is None:
-                raise error
-            _log.warning("assemblyai: %s; reconnecting in %.2f s", error, delay_s)
-            await asyncio.sleep(delay_s)
-            try:
-                self._ws, begin = await connect(self._session, self._settings, self._url)
-            except ProviderError as exc:
-                error = exc
-                continue
-            break
+    async def _reopen(self) -> WebSocket:
+        ws, begin = await connect(self._session, self._settings, self._url)
         self.session_id = begin.id
-        self._connected_ns = time.monotonic_ns()
-        self._reconnects += 1
-        self._mapper = AssemblyAiEventMapper(Timeline(self._pushed_bytes / BYTES_PER_MS))
-        self._conn_bytes = 0
-        self._open_chunk_bytes = 0
-        self._sent_since_receipt_bytes = 0
-        self._last_receipt_ns = time.monotonic_ns()
-        self._connected = True
+        return ws
 
-    async def _serve(self) -> None:
-        sender = asyncio.create_task(self._send_loop(self._ws), name="assemblyai-stt-send")
-        try:
-            await self._receive_loop(self._ws)
-        finally:
-            sender.cancel()
-            await asyncio.wait({sender})
+    def _timeline(self) -> Timeline:
+        return self._mapper.timeline
 
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        keepalive_s = (
-            None
-            if self._settings.keepalive_interval_ms is None
-            else self._settings.keepalive_interval_ms / 1000
-        )
-        pending = bytearray()
-        try:
-            while True:
-                while self._outbox:
-                    item = self._outbox.popleft()
-                    if isinstance(item, bytes):
-                        pending += item
-                        while len(pending) >= self._chunk_bytes:
-                            await self._send_audio(ws, bytes(pending[: self._chunk_bytes]))
-                            del pending[: self._chunk_bytes]
-                        continue
-                    if pending:  # padded to >= 50 ms when the control was queued
-                        await self._send_audio(ws, bytes(pending))
-                        pending.clear()
-                    await ws.send_str(item)
-                    if item == TERMINATE:
-                        return
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(keepalive_s):
-                        await self._wake.wait()
-                except TimeoutError:
-                    await ws.send_str(KEEPALIVE)
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            # The receive loop sees the broken socket and reports it.
-            _log.debug("assemblyai: send failed: %s", exc)
+    def _new_session(self, origin_ms: float) -> None:
+        self._mapper = AssemblyAiEventMapper(Timeline(origin_ms))
 
-    async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse, chunk: bytes) -> None:
-        self._unsent_bytes -= len(chunk)
-        self._sent_since_receipt_bytes += len(chunk)
-        await ws.send_bytes(chunk)
+    def _on_text(self, data: str, received_ns: int) -> list[SttEvent]:
+        message = decode_message(data)
+        if isinstance(message, AaiError):
+            raise error_for_code(message.error_code, message.error)
+        if isinstance(message, AaiWarning):
+            _log.warning("assemblyai: warning %s %s", message.warning_code, message.warning)
+            return []
+        if isinstance(message, AaiBegin):
+            raise ProviderProtocolError(PROVIDER, "second Begin in a session")
+        if message is None:
+            return []
+        events = self._mapper.events_for(message, received_ns)
+        if events and events[-1].kind is SttEventKind.END_OF_TURN:
+            events[-1:] = self._answer_flush(received_ns, events[-1])
+        return events
 
-    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        timeout_ns = self._settings.receive_timeout_ms * 1_000_000
-        stall_bytes = self._settings.receive_timeout_ms * BYTES_PER_MS
-        poll_s = self._settings.receive_timeout_ms / 4000
-        while True:
-            try:
-                msg = await ws.receive(timeout=poll_s)
-            except TimeoutError:
-                waited_ns = time.monotonic_ns() - self._last_receipt_ns
-                if (
-                    self._mapper.turn_open
-                    and waited_ns >= timeout_ns
-                    and self._sent_since_receipt_bytes >= stall_bytes
-                ):
-                    raise ProviderTimeoutError(
-                        PROVIDER, "no turn update while audio flowed"
-                    ) from None
-                continue
-            received_ns = time.monotonic_ns()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self._last_receipt_ns = received_ns
-                self._sent_since_receipt_bytes = 0
-                message = decode_message(msg.data)
-                if isinstance(message, AaiError):
-                    raise error_for_code(message.error_code, message.error)
-                if isinstance(message, AaiWarning):
-                    _log.warning("assemblyai: warning %s %s", message.warning_code, message.warning)
-                elif isinstance(message, AaiBegin):
-                    raise ProviderProtocolError(PROVIDER, "second Begin in a session")
-                elif message is not None:
-                    for event in self._mapper.events_for(message, received_ns):
-                        self._events.put_nowait(event)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                raise ProviderProtocolError(PROVIDER, "unexpected binary frame")
-            elif msg.type is aiohttp.WSMsgType.CLOSE:
-                if self._closing and msg.data == CLOSE_NORMAL:
-                    return
-                raise error_for_code(msg.data, str(msg.extra or ""))
-            else:
-                raise ConnectionLostError(PROVIDER, f"connection lost ({msg.type.name})")
+    def _sent_text(self, message: str) -> None:
+        if message == FORCE_ENDPOINT:
+            self._flushes.decide(self._mapper.turn_open and not self._flushes.owed)
+            now_ns = time.monotonic_ns()
+            self._emit(self._flush_ends(now_ns, self._flushes.due(now_ns)))
+
+    def _stall_possible(self) -> bool:
+        return self._mapper.turn_open
+
+    def _close_error(self, code: int | None, reason: str) -> ProviderError:
+        return error_for_code(code, reason)
+
+    def _end_turn(self, received_ns: int, audio_end_ms: float, *, owed: bool) -> SttEvent:
+        if not owed:  # nothing was open: the turn after the flush is not this one
+            return SttEvent(SttEventKind.END_OF_TURN, received_ns, audio_end_ms=audio_end_ms)
+        return self._mapper.end_turn(received_ns, audio_end_ms)
 
 
 # ----------------------------------------------------------------------- provider
@@ -704,28 +516,17 @@ class AssemblyAi:
         self, settings: AssemblyAiSettings, session: aiohttp.ClientSession | None = None
     ) -> None:
         self.settings = settings
-        self._session = session
-        self._owns_session = session is None
+        self._http = HttpSession(session)
 
     async def open_stream(self, *, language: str | None = None) -> AssemblyAiStream:
         """Start a session (one attempt) taking 16 kHz PCM; raises ProviderError."""
-        url = stream_url(self.settings, language)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        opened = await connect(self._session, self.settings, url)
-        backoff = None
-        if self.settings.reconnect_attempts:
-            backoff = Backoff(
-                self.settings.reconnect_base_ms / 1000,
-                self.settings.reconnect_max_ms / 1000,
-                self.settings.reconnect_attempts,
-            )
-        return AssemblyAiStream(self.settings, self._session, url, opened, backoff)
+        url = stream_url(self.settings, language)  # refuses a language before connecting
+        opened = await connect(self._http.get(), self.settings, url)
+        backoff = self.settings.backoff()
+        return AssemblyAiStream(self.settings, self._http.get(), url, opened, backoff)
 
     async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
 
 if TYPE_CHECKING:  # both classes satisfy the interfaces of server.providers.base

@@ -123,7 +123,14 @@ class SttStream(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Ask for finals of everything sent so far now (Finalize, ForceEndpoint)."""
+        """Ask for finals of everything sent so far now (Finalize, ForceEndpoint).
+
+        Once the provider has answered, the stream emits exactly one END_OF_TURN
+        whose text is the turn's final text (empty when nothing was recognised)
+        and whose ``audio_end_ms`` covers all audio pushed before the flush; a
+        flush still pending when the stream closes cleanly is answered before
+        :meth:`events` ends.
+        """
         ...
 
     async def close(self) -> None:

@@ -28,6 +28,13 @@ Mapping to :class:`SttEvent` (see :class:`DeepgramEventMapper`):
   turn's text is the concatenation of its FINAL texts.
 * ``speech_final`` true, or ``UtteranceEnd``: END_OF_TURN with the turn's text,
   once per turn (whichever comes first; nothing if the turn has no text).
+* ``Results`` with ``from_finalize`` (the answer to a Finalize): END_OF_TURN
+  with the turn's text, even when it is empty, so every :meth:`flush
+  <DeepgramSttStream.flush>` gets exactly one.  While a Finalize waits for its
+  answer, ``speech_final`` and ``UtteranceEnd`` leave the turn to the answer.
+  Deepgram says the answer is usual but not certain when it has little or no
+  audio to finalize; after ``flush_timeout_ms`` without one the stream ends
+  the turn itself.
 * ``SpeechStarted``: SPEECH_STARTED (``audio_end_ms`` is where speech began).
 
 Reconnects: if the socket drops or stalls mid-stream (no message for
@@ -36,16 +43,13 @@ reconnects with :class:`Backoff` and events continue.  Audio pushed while the
 connection is down, and audio queued but unsent when it dropped, is lost (it is
 counted in :attr:`DeepgramSttStream.dropped_ms`); event times stay on the
 stream's clock.  The stream's send buffer holds at most ``max_unsent_ms`` of
-audio; newer audio beyond that is dropped and counted.
+audio; newer audio beyond that is dropped and counted.  That machinery is shared
+with the other streaming STT clients (:mod:`server.providers.sttstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
-import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Final, TypeAlias
 
 import aiohttp
@@ -57,7 +61,6 @@ from server.providers.base import (
     ConnectionLostError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeoutError,
     SttEvent,
     SttEventKind,
     SttProvider,
@@ -65,21 +68,16 @@ from server.providers.base import (
     Word,
 )
 from server.providers.connect import Backoff, error_for_exception
+from server.providers.sttstream import HttpSession, SocketSttStream, StreamTiming, WebSocket
 from server.providers.timeline import Timeline
 
 PROVIDER: Final = "deepgram"
 LISTEN_PATH: Final = "/v1/listen"
-FRAME_BYTES: Final = STT_RATE_HZ * 2 * 20 // 1000
-"""One 20 ms frame of 16 kHz int16 PCM (640 bytes)."""
-BYTES_PER_MS: Final = STT_RATE_HZ * 2 // 1000
 
-CLOSE_NORMAL: Final = 1000
 CLOSE_DATA_ERROR: Final = 1008
 """Close code with payload ``DATA-0000``: the audio could not be decoded."""
 CLOSE_SERVER_ERROR: Final = 1011
 """Close code with payload ``NET-0000`` (server error) or ``NET-0001`` (idle timeout)."""
-
-_log = logging.getLogger(__name__)
 
 NonNegativeMs: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 PositiveMs: TypeAlias = Annotated[int, msgspec.Meta(gt=0)]
@@ -88,8 +86,9 @@ PositiveMs: TypeAlias = Annotated[int, msgspec.Meta(gt=0)]
 # ------------------------------------------------------------------------- settings
 
 
-class DeepgramSttSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[providers.deepgram_stt]``: credentials, query options and client timing (ms)."""
+class DeepgramSttSettings(StreamTiming, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[providers.deepgram_stt]``: credentials, query options and client timing (ms;
+    the timing fields are :class:`~server.providers.sttstream.StreamTiming`'s)."""
 
     api_key: str
     base_url: str = "wss://api.deepgram.com"
@@ -109,25 +108,11 @@ class DeepgramSttSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     """Send KeepAlive after this long without audio; ``None`` never does."""
     max_chunk_ms: PositiveMs = 100
     """Queued audio is sent in binary frames of at most this many ms."""
-    max_unsent_ms: PositiveMs = 5000
-    """Audio waiting to be sent beyond this is dropped (and counted)."""
-    connect_timeout_ms: PositiveMs = 5000
-    receive_timeout_ms: PositiveMs = 5000
-    """Stall deadline: no message for this long while this much audio went out."""
-    close_timeout_ms: PositiveMs = 3000
-    """How long :meth:`DeepgramSttStream.close` waits for the last results and Metadata."""
-    reconnect_attempts: NonNegativeMs = 5
-    """Reconnects tried after drops (0: none), counted until a connection stays up
-    for ``reconnect_reset_ms``."""
-    reconnect_base_ms: PositiveMs = 100
-    reconnect_max_ms: PositiveMs = 5000
-    reconnect_reset_ms: PositiveMs = 30000
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.utterance_end_ms is not None and not self.interim_results:
             raise ValueError("utterance_end_ms needs interim_results = true")
-        if self.reconnect_max_ms < self.reconnect_base_ms:
-            raise ValueError("reconnect_max_ms must be >= reconnect_base_ms")
 
 
 def listen_url(settings: DeepgramSttSettings, language: str | None = None) -> URL:
@@ -264,6 +249,9 @@ class DeepgramEventMapper:
 
     def __init__(self) -> None:
         self.timeline = Timeline(0.0)
+        self.hold_turn_end = False
+        """While a Finalize waits for its answer, speech_final and UtteranceEnd do not
+        end the turn: the answer does (:meth:`end_turn`), so a flush gets one END_OF_TURN."""
         self._turn_texts: list[str] = []
         self._turn_words: list[Word] = []
 
@@ -276,6 +264,19 @@ class DeepgramEventMapper:
         if isinstance(message, DgUtteranceEnd):
             return self._end_of_turn(received_ns, self._ms(message.last_word_end))
         return []
+
+    def end_turn(self, received_ns: int, audio_end_ms: float) -> SttEvent:
+        """END_OF_TURN with the turn's text so far (empty if it has none); a new turn begins."""
+        event = SttEvent(
+            SttEventKind.END_OF_TURN,
+            received_ns,
+            " ".join(self._turn_texts),
+            tuple(self._turn_words),
+            audio_end_ms=audio_end_ms,
+        )
+        self._turn_texts.clear()
+        self._turn_words.clear()
+        return event
 
     def _ms(self, seconds: float) -> float:
         return self.timeline.to_stream_ms(seconds * 1000.0)
@@ -300,18 +301,9 @@ class DeepgramEventMapper:
         return out
 
     def _end_of_turn(self, received_ns: int, end_ms: float) -> list[SttEvent]:
-        if not self._turn_texts:
+        if not self._turn_texts or self.hold_turn_end:
             return []
-        event = SttEvent(
-            SttEventKind.END_OF_TURN,
-            received_ns,
-            " ".join(self._turn_texts),
-            tuple(self._turn_words),
-            audio_end_ms=end_ms,
-        )
-        self._turn_texts.clear()
-        self._turn_words.clear()
-        return [event]
+        return [self.end_turn(received_ns, end_ms)]
 
 
 def error_for_close(code: int | None, reason: str) -> ProviderError:
@@ -326,266 +318,81 @@ def error_for_close(code: int | None, reason: str) -> ProviderError:
 
 # ------------------------------------------------------------------------- stream
 
-_END: Final = object()
 
-
-class DeepgramSttStream:
+class DeepgramSttStream(SocketSttStream):
     """One live transcription: push 16 kHz PCM, read :class:`SttEvent` from :meth:`events`.
 
-    Create with :meth:`DeepgramStt.open_stream`.  One consumer reads :meth:`events`.
+    Made by :meth:`DeepgramStt.open_stream`, for one consumer of :meth:`events`;
+    the rest of its public API is :class:`~server.providers.sttstream.SocketSttStream`'s.
     """
+
+    provider = PROVIDER
+    end_message = CLOSE_STREAM
+    keepalive_message = KEEPALIVE
 
     def __init__(
         self,
         settings: DeepgramSttSettings,
         session: aiohttp.ClientSession,
         url: URL,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: WebSocket,
         backoff: Backoff | None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._url = url
-        self._ws = ws
-        self._backoff = backoff
         self._mapper = DeepgramEventMapper()
-        self._events: asyncio.Queue[SttEvent | ProviderError | object] = asyncio.Queue()
-        self._outbox: collections.deque[bytes | str] = collections.deque()
-        self._wake = asyncio.Event()
-        self._connected = True
-        self._closing = False
-        self._failure: ProviderError | None = None
-        self._pushed_bytes = 0
-        self._conn_bytes = 0
-        self._unsent_bytes = 0
-        self._dropped_bytes = 0
-        self._max_unsent_bytes = settings.max_unsent_ms * BYTES_PER_MS
-        self._sent_since_receipt_bytes = 0
-        self._last_receipt_ns = time.monotonic_ns()
-        self._connected_ns = self._last_receipt_ns
-        self._reconnects = 0
         self.request_id: str | None = None
         """Deepgram's id of the current socket's request (from its Metadata)."""
-        self._runner = asyncio.create_task(self._run(), name="deepgram-stt")
-
-    # ------------------------------------------------------------------ public
-
-    @property
-    def dropped_ms(self) -> int:
-        """Audio (ms) pushed but never sent: buffer overflow and reconnect gaps."""
-        return self._dropped_bytes // BYTES_PER_MS
-
-    @property
-    def reconnects(self) -> int:
-        return self._reconnects
-
-    def push_audio(self, pcm: bytes) -> None:
-        """Queue 16 kHz mono int16 PCM (whole 20 ms frames); never blocks.
-
-        Audio is dropped (and counted) while the socket is down or when more
-        than ``max_unsent_ms`` would be waiting; ignored after :meth:`close`.
-        """
-        if len(pcm) % FRAME_BYTES:
-            raise ValueError(f"push_audio takes whole 20 ms frames ({FRAME_BYTES} bytes each)")
-        if not pcm or self._closing:
-            return
-        self._pushed_bytes += len(pcm)
-        if not self._connected or self._unsent_bytes + len(pcm) > self._max_unsent_bytes:
-            if self._connected:
-                if not self._dropped_bytes:
-                    _log.warning("deepgram: send buffer full, dropping audio")
-                self._mapper.timeline.skip(self._conn_bytes / BYTES_PER_MS, len(pcm) / BYTES_PER_MS)
-            self._dropped_bytes += len(pcm)
-            return
-        self._conn_bytes += len(pcm)
-        self._unsent_bytes += len(pcm)
-        self._outbox.append(bytes(pcm))
-        self._wake.set()
+        super().__init__(
+            settings,
+            ws,
+            backoff,
+            chunk_ms=settings.max_chunk_ms,
+            keepalive_interval_ms=settings.keepalive_interval_ms,
+        )
 
     async def flush(self) -> None:
-        """Send Finalize after the audio queued so far: finals for it come at once."""
-        if self._failure is not None:
-            raise self._failure
-        if self._closing or not self._connected:
-            return
-        self._outbox.append(FINALIZE)
-        self._wake.set()
+        """Send Finalize after the audio queued so far: finals for it come at once.
 
-    async def close(self) -> None:
-        """Send CloseStream after the queued audio, wait (``close_timeout_ms``) for the
-        last results and the server's close, then release everything.  Idempotent."""
-        if not self._closing:
-            self._closing = True
-            self._outbox.append(CLOSE_STREAM)
-            self._wake.set()
-        try:
-            done, _ = await asyncio.wait(
-                {self._runner}, timeout=self._settings.close_timeout_ms / 1000
-            )
-        except asyncio.CancelledError:
-            await self.abort()
-            raise
-        if not done:
-            await self._stop(ProviderTimeoutError(PROVIDER, "no close after CloseStream"))
+        The answer (the Results with ``from_finalize``) ends the turn: exactly one
+        END_OF_TURN follows, with the turn's text (empty if nothing was
+        recognised) and ``audio_end_ms`` covering all audio pushed before.
+        Deepgram does not promise an answer when it has no audio to finalize; the
+        END_OF_TURN is then made here after ``flush_timeout_ms`` (at once while
+        reconnecting).  Ignored after :meth:`close`.
+        """
+        self._queue_flush(FINALIZE, owed=True)
 
-    async def abort(self) -> None:
-        """Drop the socket at once without waiting for results.  Idempotent."""
-        self._closing = True
-        await self._stop(None)
+    # ------------------------------------------------------------------- hooks
 
-    async def events(self) -> AsyncIterator[SttEvent]:
-        """Events in arrival order; ends after :meth:`close`, raises :class:`ProviderError`."""
-        while True:
-            item = await self._events.get()
-            if isinstance(item, SttEvent):
-                yield item
-                continue
-            self._events.put_nowait(item)  # later readers see the same ending
-            if isinstance(item, ProviderError):
-                raise item
-            return
+    async def _reopen(self) -> WebSocket:
+        return await connect(self._session, self._settings, self._url)
 
-    # ---------------------------------------------------------------- internals
+    def _timeline(self) -> Timeline:
+        return self._mapper.timeline
 
-    async def _stop(self, error: ProviderError | None) -> None:
-        if not self._runner.done():
-            self._runner.cancel()
-            await asyncio.wait({self._runner})
-            self._finish(error)
+    def _new_session(self, origin_ms: float) -> None:
+        self._mapper.timeline = Timeline(origin_ms)
 
-    def _finish(self, error: ProviderError | None) -> None:
-        if self._failure is None and error is not None:
-            self._failure = error
-        self._events.put_nowait(error if error is not None else _END)
+    def _on_text(self, data: str, received_ns: int) -> list[SttEvent]:
+        message = decode_message(data)
+        if isinstance(message, DgMetadata):
+            self.request_id = message.request_id or self.request_id
+            return []
+        if message is None:
+            return []
+        self._mapper.hold_turn_end = len(self._flushes) > 0
+        events = self._mapper.events_for(message, received_ns)
+        if isinstance(message, DgResults) and message.from_finalize:
+            events += self._answer_flush(received_ns, None)
+        return events
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                try:
-                    await self._serve()
-                    self._finish(None)
-                    return
-                except (ConnectionLostError, ProviderTimeoutError) as exc:
-                    if self._closing or self._backoff is None:
-                        raise
-                    await self._reconnect(exc)
-        except ProviderError as exc:
-            self._finish(exc)
-        except Exception as exc:
-            _log.exception("deepgram: stream failed")
-            self._finish(error_for_exception(PROVIDER, exc))
-        finally:
-            self._connected = False
-            await self._ws.close()
+    def _close_error(self, code: int | None, reason: str) -> ProviderError:
+        return error_for_close(code, reason)
 
-    async def _reconnect(self, error: ProviderError) -> None:
-        assert self._backoff is not None
-        self._connected = False
-        up_ns = time.monotonic_ns() - self._connected_ns
-        if up_ns >= self._settings.reconnect_reset_ms * 1_000_000:
-            self._backoff.reset()
-        self._outbox.clear()
-        self._dropped_bytes += self._unsent_bytes
-        self._unsent_bytes = 0
-        await self._ws.close()
-        while True:
-            delay_s = self._backoff.next_delay_s(error)
-            if delay_s is None:
-                raise error
-            _log.warning("deepgram: %s; reconnecting in %.2f s", error, delay_s)
-            await asyncio.sleep(delay_s)
-            try:
-                self._ws = await connect(self._session, self._settings, self._url)
-            except ProviderError as exc:
-                error = exc
-                continue
-            break
-        self._connected_ns = time.monotonic_ns()
-        self._reconnects += 1
-        self._mapper.timeline = Timeline(self._pushed_bytes / BYTES_PER_MS)
-        self._conn_bytes = 0
-        self._sent_since_receipt_bytes = 0
-        self._last_receipt_ns = time.monotonic_ns()
-        self._connected = True
-
-    async def _serve(self) -> None:
-        sender = asyncio.create_task(self._send_loop(self._ws), name="deepgram-stt-send")
-        try:
-            await self._receive_loop(self._ws)
-        finally:
-            sender.cancel()
-            await asyncio.wait({sender})
-
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        max_chunk = self._settings.max_chunk_ms * BYTES_PER_MS
-        keepalive_s = (
-            None
-            if self._settings.keepalive_interval_ms is None
-            else self._settings.keepalive_interval_ms / 1000
-        )
-        try:
-            while True:
-                while self._outbox:
-                    item = self._outbox.popleft()
-                    if isinstance(item, str):
-                        await ws.send_str(item)
-                        if item == CLOSE_STREAM:
-                            return
-                        continue
-                    chunk = [item]
-                    size = len(item)
-                    while (
-                        self._outbox
-                        and isinstance(self._outbox[0], bytes)
-                        and size + len(self._outbox[0]) <= max_chunk
-                    ):
-                        nxt = self._outbox.popleft()
-                        assert isinstance(nxt, bytes)
-                        chunk.append(nxt)
-                        size += len(nxt)
-                    self._unsent_bytes -= size
-                    self._sent_since_receipt_bytes += size
-                    await ws.send_bytes(b"".join(chunk))
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(keepalive_s):
-                        await self._wake.wait()
-                except TimeoutError:
-                    await ws.send_str(KEEPALIVE)
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            # The receive loop sees the broken socket and reports it.
-            _log.debug("deepgram: send failed: %s", exc)
-
-    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        timeout_ns = self._settings.receive_timeout_ms * 1_000_000
-        stall_bytes = self._settings.receive_timeout_ms * BYTES_PER_MS
-        poll_s = self._settings.receive_timeout_ms / 4000
-        while True:
-            try:
-                msg = await ws.receive(timeout=poll_s)
-            except TimeoutError:
-                waited_ns = time.monotonic_ns() - self._last_receipt_ns
-                if waited_ns >= timeout_ns and self._sent_since_receipt_bytes >= stall_bytes:
-                    raise ProviderTimeoutError(PROVIDER, "no results while audio flowed") from None
-                continue
-            received_ns = time.monotonic_ns()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self._last_receipt_ns = received_ns
-                self._sent_since_receipt_bytes = 0
-                message = decode_message(msg.data)
-                if isinstance(message, DgMetadata):
-                    self.request_id = message.request_id or self.request_id
-                elif message is not None:
-                    for event in self._mapper.events_for(message, received_ns):
-                        self._events.put_nowait(event)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                raise ProviderProtocolError(PROVIDER, "unexpected binary frame")
-            elif msg.type is aiohttp.WSMsgType.CLOSE:
-                if self._closing and msg.data == CLOSE_NORMAL:
-                    return
-                raise error_for_close(msg.data, str(msg.extra or ""))
-            else:
-                raise ConnectionLostError(PROVIDER, f"connection lost ({msg.type.name})")
+    def _end_turn(self, received_ns: int, audio_end_ms: float, *, owed: bool) -> SttEvent:
+        return self._mapper.end_turn(received_ns, audio_end_ms)
 
 
 # ----------------------------------------------------------------------- provider
@@ -616,28 +423,17 @@ class DeepgramStt:
         self, settings: DeepgramSttSettings, session: aiohttp.ClientSession | None = None
     ) -> None:
         self.settings = settings
-        self._session = session
-        self._owns_session = session is None
+        self._http = HttpSession(session)
 
     async def open_stream(self, *, language: str | None = None) -> DeepgramSttStream:
         """Connect (one attempt) and start a stream taking 16 kHz PCM; raises ProviderError."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        session = self._http.get()
         url = listen_url(self.settings, language)
-        ws = await connect(self._session, self.settings, url)
-        backoff = None
-        if self.settings.reconnect_attempts:
-            backoff = Backoff(
-                self.settings.reconnect_base_ms / 1000,
-                self.settings.reconnect_max_ms / 1000,
-                self.settings.reconnect_attempts,
-            )
-        return DeepgramSttStream(self.settings, self._session, url, ws, backoff)
+        ws = await connect(session, self.settings, url)
+        return DeepgramSttStream(self.settings, session, url, ws, self.settings.backoff())
 
     async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
 
 if TYPE_CHECKING:  # both classes satisfy the interfaces of server.providers.base

@@ -11,6 +11,12 @@ start on, and reports:
 * ``FINAL`` then ``END_OF_TURN`` when the endpointer leaves speech (after
   ``endpoint_window_ms`` of mostly silence) or on :meth:`SphinxSttStream.flush`.
 
+Every flush ends with exactly one ``END_OF_TURN`` covering all audio pushed
+before it (empty text when nothing was recognised).  If the endpointer heard no
+speech since the last utterance ended, the flush still decodes the audio pushed
+since then (up to ``flush_lookback_ms`` of it): a short or quiet word such as
+"yes" can end before the endpointer's window fills, and would otherwise be lost.
+
 Word times come from the decoder's segmentation (10 ms frames) and are ms
 since the stream's first pushed sample.
 
@@ -31,6 +37,7 @@ mean across leases.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import threading
 import time
@@ -82,6 +89,9 @@ class SphinxSttSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """Audio before the detected speech start also fed to the decoder."""
     interim_interval_ms: int = 300
     """Decoded audio between two interim hypotheses."""
+    flush_lookback_ms: int = 1000
+    """On a flush with no speech heard since the last utterance, the recent audio
+    decoded anyway (at most this much); 0 decodes none."""
     max_backlog_ms: int = 5000
     """Undecoded audio a stream may queue before it fails with ProviderTimeoutError."""
     second_pass: bool = False
@@ -102,6 +112,8 @@ def _check_settings(s: SphinxSttSettings) -> None:
         raise ValueError("endpoint_ratio must be in (0, 1)")
     if s.preroll_ms < 0 or s.interim_interval_ms <= 0 or s.max_backlog_ms < 100:
         raise ValueError("preroll_ms >= 0, interim_interval_ms > 0, max_backlog_ms >= 100")
+    if s.flush_lookback_ms < 0:
+        raise ValueError("flush_lookback_ms must be >= 0")
     if s.threads < 1 or s.idle_decoders < 0:
         raise ValueError("threads >= 1 and idle_decoders >= 0")
 
@@ -206,11 +218,14 @@ class Recognizer:
         except ValueError as exc:
             raise _failure(f"bad endpointer settings: {exc}") from exc
         self._lock = threading.Lock()
-        # Recent audio for the pre-roll: the endpointer decides up to a window late.
+        # Recent audio for the pre-roll (the endpointer decides up to a window late)
+        # and for a flush that decodes what the endpointer did not hear as speech.
         self._history = bytearray()
         self._history_start = 0  # sample index of _history[0]
-        self._history_max_samples = (
-            (settings.endpoint_window_ms + settings.preroll_ms + 200) * STT_RATE_HZ // 1000
+        self._lookback_samples = settings.flush_lookback_ms * STT_RATE_HZ // 1000
+        self._history_max_samples = max(
+            (settings.endpoint_window_ms + settings.preroll_ms + 200) * STT_RATE_HZ // 1000,
+            self._lookback_samples,
         )
         self._n_samples = 0  # samples consumed so far
         self._last_utt_end = 0
@@ -230,7 +245,8 @@ class Recognizer:
         return self._locked(lambda events: self._feed(pcm, events))
 
     def finalize(self) -> list[SttEvent]:
-        """End the open utterance now (flush)."""
+        """Flush: end the open utterance now, or decode the audio since the last one if
+        the endpointer heard no speech in it; always ends with one END_OF_TURN."""
         return self._locked(self._finalize)
 
     def close(self) -> list[SttEvent]:
@@ -256,12 +272,27 @@ class Recognizer:
             time.sleep(0)  # let the event loop take the GIL between frames
 
     def _finalize(self, events: list[SttEvent]) -> None:
+        if self._decoder is None:
+            start = max(
+                self._last_utt_end, self._history_start, self._n_samples - self._lookback_samples
+            )
+            if start < self._n_samples:
+                self._start_utterance(start, announce=False, events=events)
         if self._decoder is not None:
             self._end_utterance(events)
+        if not events or events[-1].kind is not SttEventKind.END_OF_TURN:
+            events.append(
+                SttEvent(
+                    kind=SttEventKind.END_OF_TURN,
+                    received_ns=time.monotonic_ns(),
+                    audio_end_ms=self._n_samples * 1000 / STT_RATE_HZ,
+                )
+            )
 
     def _close(self, events: list[SttEvent]) -> None:
         self._closed = True
-        self._finalize(events)
+        if self._decoder is not None:
+            self._end_utterance(events)
 
     def discard(self) -> None:
         """Drop the open utterance unreported and give the decoder back."""
@@ -326,19 +357,21 @@ class Recognizer:
         self._last_interim = ""
         self._announced = False
         if announce:
-            self._announce(events)
+            self._announce(events, self._origin * 1000 / STT_RATE_HZ)
         offset = (start - self._history_start) * 2
         backlog = bytes(self._history[offset:])
         for i in range(0, len(backlog), FRAME_BYTES):
             self._process(backlog[i : i + FRAME_BYTES])
+            time.sleep(0)  # let the event loop take the GIL between frames
 
-    def _announce(self, events: list[SttEvent]) -> None:
+    def _announce(self, events: list[SttEvent], at_ms: float) -> None:
+        """SPEECH_STARTED; ``at_ms`` is where the speech began (ms of stream time)."""
         self._announced = True
         events.append(
             SttEvent(
                 kind=SttEventKind.SPEECH_STARTED,
                 received_ns=time.monotonic_ns(),
-                audio_end_ms=self._origin * 1000 / STT_RATE_HZ,
+                audio_end_ms=at_ms,
             )
         )
 
@@ -359,7 +392,7 @@ class Recognizer:
             return
         self._last_interim = text
         if not self._announced:
-            self._announce(events)
+            self._announce(events, self._origin * 1000 / STT_RATE_HZ)
         events.append(
             SttEvent(
                 kind=SttEventKind.INTERIM,
@@ -382,8 +415,8 @@ class Recognizer:
         text = " ".join(w.text for w in words)
         if not self._announced:
             if not text:
-                return  # a continuation after flush that held nothing
-            self._announce(events)
+                return  # a continuation after flush, or flushed audio, that held nothing
+            self._announce(events, words[0].start_ms)
         scores = [w.confidence for w in words if w.confidence is not None]
         now_ns = time.monotonic_ns()
         end_ms = self._n_samples * 1000 / STT_RATE_HZ
@@ -446,8 +479,9 @@ class SphinxSttStream:
         self._recognizer = recognizer
         self._executor = executor
         self._max_backlog_bytes = max_backlog_ms * STT_RATE_HZ // 1000 * 2
-        self._pending = bytearray()
-        self._flush_waiters: list[asyncio.Future[None]] = []
+        # Audio to decode and flushes to answer, in the order they came.
+        self._work: collections.deque[bytearray | asyncio.Future[None]] = collections.deque()
+        self._pending_bytes = 0
         self._closing = False
         self._error: ProviderError | None = None
         self._queue: asyncio.Queue[SttEvent | ProviderError | _End] = asyncio.Queue()
@@ -460,21 +494,26 @@ class SphinxSttStream:
             raise ValueError(f"push_audio takes whole 20 ms frames ({FRAME_BYTES} bytes each)")
         if self._closing or self._error is not None:
             return
-        self._pending += pcm
-        if len(self._pending) > self._max_backlog_bytes:
-            behind_ms = len(self._pending) // 2 * 1000 // STT_RATE_HZ
+        if self._work and isinstance(self._work[-1], bytearray):
+            self._work[-1] += pcm
+        else:
+            self._work.append(bytearray(pcm))
+        self._pending_bytes += len(pcm)
+        if self._pending_bytes > self._max_backlog_bytes:
+            behind_ms = self._pending_bytes // 2 * 1000 // STT_RATE_HZ
             self._fail(ProviderTimeoutError(PROVIDER, f"decoder fell {behind_ms} ms behind"))
             return
         self._wake.set()
 
     async def flush(self) -> None:
-        """Decode everything pushed so far and finalize the open utterance."""
+        """Decode everything pushed so far and end the turn; returns once its events are
+        queued.  Exactly one END_OF_TURN answers each flush (see the module doc)."""
         if self._error is not None:
             raise self._error
         if self._closing or self._pump.done():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._flush_waiters.append(waiter)
+        self._work.append(waiter)
         self._wake.set()
         await waiter
 
@@ -518,19 +557,23 @@ class SphinxSttStream:
             while not self._failed():
                 await self._wake.wait()
                 self._wake.clear()
-                while self._pending and not self._failed():
-                    pcm = bytes(self._pending)
-                    self._pending.clear()
-                    self._deliver(await loop.run_in_executor(self._executor, recognizer.feed, pcm))
+                while self._work and not self._failed():
+                    item = self._work[0]
+                    if isinstance(item, bytearray):
+                        self._work.popleft()
+                        self._pending_bytes -= len(item)
+                        pcm = bytes(item)
+                        self._deliver(
+                            await loop.run_in_executor(self._executor, recognizer.feed, pcm)
+                        )
+                        continue
+                    self._deliver(await loop.run_in_executor(self._executor, recognizer.finalize))
+                    self._work.popleft()
+                    if not item.done():
+                        item.set_result(None)
                 if self._failed():
                     break
-                if self._flush_waiters:
-                    waiters, self._flush_waiters = self._flush_waiters, []
-                    self._deliver(await loop.run_in_executor(self._executor, recognizer.finalize))
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
-                if self._closing and not self._pending:
+                if self._closing and not self._work:
                     self._deliver(await loop.run_in_executor(self._executor, recognizer.close))
                     closed_cleanly = True
                     self._queue.put_nowait(_END)
@@ -547,13 +590,13 @@ class SphinxSttStream:
                     self._executor.submit(recognizer.discard)
                 except RuntimeError:
                     recognizer.discard()
-            for waiter in self._flush_waiters:
-                if not waiter.done():
+            for waiter in self._work:
+                if isinstance(waiter, asyncio.Future) and not waiter.done():
                     if self._error is not None:
                         waiter.set_exception(self._error)
                     else:
                         waiter.cancel()
-            self._flush_waiters.clear()
+            self._work.clear()
             if not closed_cleanly and self._error is None:
                 self._queue.put_nowait(_END)  # cancelled: end readers rather than strand them
 

@@ -14,7 +14,12 @@ when speech begins (``vad_events``), interim Results every
 ``speech_final`` after ``endpointing`` ms of silence, UtteranceEnd
 ``utterance_end_ms`` after the last final word, and an empty final every
 ``silence_result_ms`` of audio outside speech.  Finalize answers at once with
-``from_finalize``; CloseStream flushes, sends Metadata and closes with 1000.
+one final Results carrying ``from_finalize``, empty when no speech is pending
+(as the service usually does); with ``answer_idle_finalize=False`` a Finalize
+finding no audio since the last final gets no answer (Deepgram does not
+promise one then).  ``finalize_delay_ms`` holds the answer (and everything
+after it) back that long, as the service's processing time.  CloseStream
+flushes, sends Metadata and closes with 1000.
 A socket that gets neither audio nor text for ``idle_timeout_s`` is closed with
 1011 ``NET-0001``; an unknown text message closes it with 1008 ``DATA-0000``.
 
@@ -94,6 +99,8 @@ class FakeConfig:
     threshold_dbfs: float
     ms_per_word: float
     faulty_connections: int | None
+    answer_idle_finalize: bool
+    finalize_delay_ms: float
     connections: int = 0
     sent: list[tuple[int, str]] = field(default_factory=list)
 
@@ -114,6 +121,8 @@ def deepgram_stt_app(
     threshold_dbfs: float = -45.0,
     ms_per_word: float = 300.0,
     faulty_connections: int | None = None,
+    answer_idle_finalize: bool = True,
+    finalize_delay_ms: float = 0.0,
 ) -> web.Application:
     """The fake service; bind it to 127.0.0.1 (e.g. with the ``aiohttp_server`` fixture)."""
     app = web.Application()
@@ -129,6 +138,8 @@ def deepgram_stt_app(
         threshold_dbfs=threshold_dbfs,
         ms_per_word=ms_per_word,
         faulty_connections=faulty_connections,
+        answer_idle_finalize=answer_idle_finalize,
+        finalize_delay_ms=finalize_delay_ms,
     )
     app.router.add_get("/v1/listen", _listen)
     return app
@@ -215,6 +226,11 @@ class _Close:
         self.reason = reason
 
 
+class _Delay:
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+
 class _Session:
     """One client socket: reads and checks client frames, writes paced server messages."""
 
@@ -235,7 +251,7 @@ class _Session:
         self.index = index
         self.fault = fault
         self.received = request.app[RECEIVED]
-        self.outbox: asyncio.Queue[str | _Close] = asyncio.Queue()
+        self.outbox: asyncio.Queue[str | _Close | _Delay] = asyncio.Queue()
         self.script = SpeechScript(
             config.script,
             options.sample_rate,
@@ -368,9 +384,11 @@ class _Session:
             self._results(script.revealed(), is_final=False)
 
     def _finalize(self) -> None:
+        if self.config.finalize_delay_ms > 0:
+            self.outbox.put_nowait(_Delay(self.config.finalize_delay_ms))
         if self.script.segment_open:
             self._final(speech_final=False, whole=not self.script.in_speech, from_finalize=True)
-        else:
+        elif self.config.answer_idle_finalize or self.script.audio_ms > self.window_start_ms:
             self._results([], is_final=True, from_finalize=True)
 
     def _final(self, *, speech_final: bool, whole: bool, from_finalize: bool = False) -> None:
@@ -452,6 +470,9 @@ class _Session:
             if isinstance(item, _Close):
                 await self.ws.close(code=item.code, message=item.reason.encode())
                 return
+            if isinstance(item, _Delay):
+                await asyncio.sleep(item.ms / 1000)
+                continue
             if sent == 0:
                 await profile.first_byte()
             else:
