@@ -189,6 +189,7 @@ async def serve(config: Config) -> int:
         f"voxgate: listening on http://{host}:{port}\n"
         f"  Twilio Media Streams: ws://{host}:{port}/twilio "
         f"(webhook: POST http://{host}:{port}/twilio/voice)\n"
+        f"  agent: {config.agent.name}  calls: /calls/{{id}}\n"
         f"  health: /healthz  readiness: /readyz  metrics: /metrics",
         flush=True,
     )

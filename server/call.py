@@ -171,6 +171,7 @@ class Call:
         self._wire_out = bytearray(WIRE_FRAME_BYTES)
         self._inbound_ms = 0
         self._far_end_frames = 0  # frames sent and not yet played, by real time
+        self._kicked = False  # frames were sent between ticks
         self._playing_generation = -1  # generation whose audio is being sent
         self._done_generation = -1  # generation fully queued, not yet reported done
         self._max_call_ms = round(config.max_call_s * 1000) or None
@@ -282,7 +283,13 @@ class Call:
         """Queue reply audio (8 kHz mu-law) of ``generation``; False if stale or full."""
         if self.ended:
             return False
-        return self._playout.push(ulaw, generation)
+        accepted = self._playout.push(ulaw, generation)
+        if accepted and self._far_end_frames == 0 and not self._playout.paused:
+            # The far end has nothing to play: start now, not at the next tick (which
+            # then counts no frame as played: less than a period has passed).
+            self._top_up()
+            self._kicked = self._far_end_frames > 0
+        return accepted
 
     def finish(self, generation: int) -> None:
         """Everything of ``generation`` is queued; the turn machine hears "done" when it
@@ -341,8 +348,14 @@ class Call:
         """
         if self.ended:
             return
-        if self._far_end_frames:
+        if self._kicked:
+            self._kicked = False
+        elif self._far_end_frames:
             self._far_end_frames -= 1
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Send frames until the far end holds ``lead_frames`` + 1; pass marks and progress."""
         while self._far_end_frames <= self.lead_frames and self._send_frame():
             self._far_end_frames += 1
         generation = self._playing_generation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
 
 import pytest
@@ -55,12 +56,24 @@ def test_speakable(text: str, spoken: str) -> None:
 
 
 def test_sentence_end_waits_for_the_next_character() -> None:
-    cutter = PhraseCutter()
+    cutter = PhraseCutter(eager=False)
     assert cutter.push("Hello there.") == []
     assert cutter.push(" How") == ["Hello there."]
     assert cutter.push(" are you?") == []
     assert cutter.push("\n") == ["How are you?"]
     assert cutter.flush() == []
+
+
+def test_the_first_phrase_does_not_wait_for_a_plain_sentence_end() -> None:
+    cutter = PhraseCutter()
+    assert cutter.push("Hello there.") == ["Hello there."]  # no token of delay
+    assert cutter.push(" How are you?") == []  # later phrases wait as usual
+    assert cutter.push(" Fine") == ["How are you?"]
+
+
+@pytest.mark.parametrize("start", ["It is 3.", "Ask Dr.", "Call J.", "Use v2.", "A.", "Done ."])
+def test_an_ambiguous_first_end_still_waits(start: str) -> None:
+    assert PhraseCutter().push(start) == []
 
 
 @pytest.mark.parametrize("end", [".", "!", "?"])
@@ -82,7 +95,10 @@ def test_each_sentence_end_cuts(end: str) -> None:
 )
 def test_no_cut_inside_numbers_or_after_abbreviations(text: str) -> None:
     assert cut([text]) == [text]
-    assert cut(list(text)) == [text]
+    assert cut(list(text), PhraseCutter(eager=False)) == [text]
+    # As an LLM streams it: a dot starts a token, with what follows it ("example", ".com").
+    tokens = [t for t in re.findall(r"\s*\.?[^\s.]*", text) if t]
+    assert cut(tokens) == [text]
 
 
 def test_line_break_cuts() -> None:
@@ -283,7 +299,9 @@ def test_split_does_not_matter_while_under_max_chars(data: st.DataObject, text: 
     clause = data.draw(st.integers(first, 120))
 
     def fresh() -> PhraseCutter:
-        return PhraseCutter(first_min_chars=first, clause_min_chars=clause, max_chars=1000)
+        return PhraseCutter(
+            first_min_chars=first, clause_min_chars=clause, max_chars=1000, eager=False
+        )
 
     tokens = data.draw(split(text))
     assert cut(tokens, fresh()) == cut(list(text), fresh()) == cut([text], fresh())
@@ -321,6 +339,6 @@ def text_and_split(draw: st.DrawFn) -> tuple[str, list[str]]:
 @given(text_and_split())
 def test_phrases_do_not_depend_on_the_token_split(case: tuple[str, list[str]]) -> None:
     text, tokens = case
-    phrases = cut(tokens, PhraseCutter(max_chars=250))
-    assert phrases == cut(list(text), PhraseCutter(max_chars=250))
+    phrases = cut(tokens, PhraseCutter(max_chars=250, eager=False))
+    assert phrases == cut(list(text), PhraseCutter(max_chars=250, eager=False))
     assert all(len(p) <= 250 for p in phrases)

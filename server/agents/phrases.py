@@ -6,8 +6,12 @@ is cut at the first clause boundary (``,`` ``;`` ``:`` ``—``) once it holds
 ``first_min_chars``, later ones only at sentence ends (``.`` ``!`` ``?`` or a
 line break) unless they grow past ``clause_min_chars``.  A phrase never grows
 past ``max_chars``: it is cut at its last space (or hard, for a run without
-one).  A sentence end counts only once the next character is whitespace, so
-``3.14`` and ``e.g.`` are not cut.
+one).  A sentence end counts once the next character is whitespace, so
+``3.14`` and ``e.g.`` are not cut; the first phrase of a reply does not wait
+for that character when the text so far plainly ends a sentence (``Sure.``,
+``Really?``): that wait would add a whole token to every turn's latency.  (So
+the first phrase, unlike the others, depends on how the text was split into
+tokens; ``eager=False`` turns this off.)
 
 Markdown emphasis and code marks are dropped, and a phrase with no letter or
 digit (``"..."``, ``"**"``) is not returned: TTS cannot speak it.
@@ -37,13 +41,20 @@ class PhraseCutter:
     """Accumulates token text; :meth:`push` returns the phrases completed by it."""
 
     def __init__(
-        self, *, first_min_chars: int = 20, clause_min_chars: int = 80, max_chars: int = 250
+        self,
+        *,
+        first_min_chars: int = 20,
+        clause_min_chars: int = 80,
+        max_chars: int = 250,
+        eager: bool = True,
     ) -> None:
         if not 0 < first_min_chars <= clause_min_chars < max_chars:
             raise ValueError("need 0 < first_min_chars <= clause_min_chars < max_chars")
         self.first_min_chars = first_min_chars
         self.clause_min_chars = clause_min_chars
         self.max_chars = max_chars
+        self.eager = eager
+        """Cut the first phrase at a plain sentence end without waiting for the next token."""
         self._buf = ""
         self._scan = 0  # characters of _buf already scanned for a boundary
         self._emitted = 0
@@ -88,9 +99,34 @@ class PhraseCutter:
             if ch in _CLAUSE_END and i + 1 >= min_clause:
                 return i + 1
         self._scan = max(0, min(len(buf) - 1, self.max_chars))
+        first = self.eager and self._emitted == 0
+        if first and len(buf) <= self.max_chars and _clear_sentence_end(buf):
+            return len(buf)
         if len(buf) > self.max_chars:
             return _space_cut(buf, self.max_chars)
         return None
+
+
+def _clear_sentence_end(buf: str) -> bool:
+    """The text so far ends a sentence without a doubt that the next token could settle.
+
+    ``?`` or ``!`` right after a word, or ``.`` right after a word of two or more
+    letters that is not an abbreviation.  LLM tokenizers keep ``.com`` or ``.5``
+    in one token with what follows the dot, so a lone ``.`` after a word ends a
+    sentence; at worst a phrase is cut early and spoken in two parts, never lost.
+    """
+    if len(buf) < 3 or not buf[-2].isalpha():
+        return False
+    if buf[-1] in "?!":
+        return True
+    if buf[-1] != ".":
+        return False
+    start = len(buf) - 1
+    while start > 0 and buf[start - 1].isalpha():
+        start -= 1
+    word = buf[start:-1]
+    after_space = start == 0 or buf[start - 1] in " \n\"'("
+    return len(word) >= 2 and word.lower() not in _ABBREVIATIONS and after_space
 
 
 def _is_abbreviation(buf: str, dot: int) -> bool:

@@ -199,7 +199,9 @@ class Speaker:
                 self._stage_t0 = self._first_push
             self._arm_watchdog(stream)
         try:
-            await stream.push_text(phrase)
+            # The trailing space tells streaming TTSs that buffer to a word or
+            # sentence boundary (Cartesia, ElevenLabs, espeak) that the phrase is whole.
+            await stream.push_text(phrase + " ")
         except ProviderError as exc:
             self._on_failure(stream, exc)
 

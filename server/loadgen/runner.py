@@ -393,8 +393,13 @@ def free_port() -> int:
         return port
 
 
-def spawn_server(core: int, endpointing_ms: int, log_path: Path | None = None) -> SpawnedServer:
-    """Start ``voxgate serve --agent echo`` on a free loopback port, pinned to ``core``."""
+def spawn_server(
+    core: int, endpointing_ms: int, log_path: Path | None = None, config: Path | None = None
+) -> SpawnedServer:
+    """Start ``voxgate serve`` on a free loopback port, pinned to ``core``.
+
+    The agent is the echo agent, unless ``config`` (a TOML file) says otherwise.
+    """
     port = free_port()
     env = dict(os.environ)
     env["VOXGATE_SERVER__MAX_CALLS"] = "100000"
@@ -408,14 +413,15 @@ def spawn_server(core: int, endpointing_ms: int, log_path: Path | None = None) -
             "server.cli",
             "serve",
             *("--host", "127.0.0.1", "--port", str(port)),
-            *("--agent", "echo", "--endpointing-ms", str(endpointing_ms)),
+            *(("--config", str(config)) if config is not None else ("--agent", "echo")),
+            *("--endpointing-ms", str(endpointing_ms)),
         ],
         env=env,
         stdout=log,
         stderr=log,
     )
     server = SpawnedServer(process, f"ws://127.0.0.1:{port}/twilio")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"voxgate serve exited with {process.returncode} at start")
@@ -426,7 +432,7 @@ def spawn_server(core: int, endpointing_ms: int, log_path: Path | None = None) -
         except OSError:
             time.sleep(0.1)
     server.stop()
-    raise RuntimeError("voxgate serve did not become ready within 20 s")
+    raise RuntimeError("voxgate serve did not become ready within 30 s")
 
 
 def other_cpus(core: int) -> list[int]:
