@@ -28,8 +28,9 @@ from tests.fakes.deepgram_stt import deepgram_stt_app
 from tests.fakes.profile import Profile
 
 API_KEY = "bench-key"
-REPLY = "Sure. Your table for two is booked for seven tonight, by the window, as you asked."
-"""The LLM's answer to every turn: about four seconds of fake TTS audio."""
+REPLY = "Sure, I can do that. Your table for two is booked for seven tonight, by the window."
+"""The LLM's answer to every turn: about four seconds of fake TTS audio, whose first
+sentence lasts longer than the LLM takes to write the second (no gap between them)."""
 TRANSCRIPTS = ("book a table for two at seven", "stop, thanks") * 500
 """What the STT fake hears, utterance after utterance, on each connection."""
 

@@ -171,7 +171,7 @@ class Call:
         self._wire_out = bytearray(WIRE_FRAME_BYTES)
         self._inbound_ms = 0
         self._far_end_frames = 0  # frames sent and not yet played, by real time
-        self._kicked = False  # frames were sent between ticks
+        self._kicked = False  # a reply's first frame left between two ticks
         self._playing_generation = -1  # generation whose audio is being sent
         self._done_generation = -1  # generation fully queued, not yet reported done
         self._max_call_ms = round(config.max_call_s * 1000) or None
@@ -265,6 +265,7 @@ class Call:
                 # The pause was for the audio just dropped; the next reply plays at once.
                 self._playout.resume()
                 self._far_end_frames = 0
+                self._kicked = False
                 self.transport.clear()
                 self.stats.clears += 1
             elif isinstance(command, Interrupted):
@@ -284,11 +285,14 @@ class Call:
         if self.ended:
             return False
         accepted = self._playout.push(ulaw, generation)
-        if accepted and self._far_end_frames == 0 and not self._playout.paused:
-            # The far end has nothing to play: start now, not at the next tick (which
-            # then counts no frame as played: less than a period has passed).
-            self._top_up()
-            self._kicked = self._far_end_frames > 0
+        idle = self._far_end_frames == 0 and not self._playout.paused
+        # The far end has nothing to play: its first frame leaves now rather than at
+        # the next tick, which then counts it as still playing (less than a period
+        # has passed) and tops the far end up to the usual depth.
+        if accepted and idle and self._send_frame():
+            self._far_end_frames = 1
+            self._kicked = True
+            self._pass_progress()
         return accepted
 
     def finish(self, generation: int) -> None:
@@ -352,12 +356,12 @@ class Call:
             self._kicked = False
         elif self._far_end_frames:
             self._far_end_frames -= 1
-        self._top_up()
-
-    def _top_up(self) -> None:
-        """Send frames until the far end holds ``lead_frames`` + 1; pass marks and progress."""
         while self._far_end_frames <= self.lead_frames and self._send_frame():
             self._far_end_frames += 1
+        self._pass_progress()
+
+    def _pass_progress(self) -> None:
+        """Tell the turn machine how much was heard; send the marks now passed."""
         generation = self._playing_generation
         if generation == self.turn.generation and not self.ended:
             self._active_ms = self._inbound_ms

@@ -48,6 +48,8 @@ class LlmReply:
         self._first = ""
         self._finished = False
         self.provider: str | None = None
+        self.started_at: float | None = None
+        """``time.monotonic()`` of the first request."""
 
     async def start(self) -> bool:
         """Find a provider that starts answering; False when every one failed."""
@@ -56,7 +58,7 @@ class LlmReply:
         over_budget = False
         first_try = True
         no_retry = False
-        t0 = time.monotonic()  # the stage runs from the first request
+        t0 = self.started_at = time.monotonic()  # the stage runs from the first request
         for index, retry in attempts:
             name, llm = self._chain[index]
             if retry and (no_retry or time.monotonic() + self._budget_s > self._turn_deadline):

@@ -279,7 +279,7 @@ class PipelineAgent:
                 observer=self._observer,
                 on_audio=lambda: self._audio_queued(generation),
             )
-            await self._speak(speaker, llm, text)
+            await self._speak(speaker, llm, text, record)
             if speaker.failed and not speaker.spoke:
                 self._play_clip(generation, response, self._ctx.clips.apology, True)
                 record.outcome = "failed"
@@ -318,16 +318,24 @@ class PipelineAgent:
         joined = " ".join(t.strip() for t in texts if t.strip())
         return None if failed and not joined else joined
 
-    async def _speak(self, speaker: Speaker, llm: LlmReply | None, text: str | None) -> None:
+    async def _speak(
+        self, speaker: Speaker, llm: LlmReply | None, text: str | None, record: TurnRecord
+    ) -> None:
         cutter = PhraseCutter()
         if text is not None:
             for phrase in cutter.push(text):
                 await speaker.say(phrase)
         elif llm is not None:
             async for piece in llm.pieces():
-                for phrase in cutter.push(piece):
+                phrases = cutter.push(piece)
+                if phrases and record.first_phrase_ms is None and llm.started_at is not None:
+                    record.first_phrase_ms = round((time.monotonic() - llm.started_at) * 1000, 1)
+                for phrase in phrases:
                     await speaker.say(phrase)
-        for phrase in cutter.flush():
+        rest = cutter.flush()
+        if rest and record.first_phrase_ms is None and llm is not None and llm.started_at:
+            record.first_phrase_ms = round((time.monotonic() - llm.started_at) * 1000, 1)
+        for phrase in rest:
             await speaker.say(phrase)
         await speaker.finish()
 

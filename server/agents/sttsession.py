@@ -181,6 +181,14 @@ class SttSession:
         ``turn_deadline`` (``time.monotonic()``) bounds the fallbacks: another
         attempt is made only while a whole budget still fits before it.
         """
+        try:
+            return await self._final_text(utterance, budget_ms, turn_deadline, record)
+        finally:
+            utterance.audio = bytearray()  # no replay after this: free it now
+
+    async def _final_text(
+        self, utterance: Utterance, budget_ms: float, turn_deadline: float, record: TurnRecord
+    ) -> str | None:
         budget_s = budget_ms / 1000
         deadline = time.monotonic() + budget_s
         current = self._index_for(utterance)

@@ -8,8 +8,12 @@ Stages (ms, wall clock):
 * ``tts_first_audio``: first text sent to TTS to its first audio;
 * ``turn_total``: end of the caller's speech to the first reply audio leaving the server.
 
-``overhead`` is ``turn_total`` minus the other four: the time the server itself
-added (queueing, phrase cutting, encoding, the wait for the next media tick).
+``first_phrase_ms`` (not budgeted) is the LLM request to the first phrase that
+can be spoken: ``llm_first_token`` plus the tokens up to a cut.  ``overhead`` is
+``turn_total`` minus ``eou``, ``stt_final``, ``first_phrase_ms`` (or
+``llm_first_token``) and ``tts_first_audio``: the time the server itself added
+(queueing, encoding, scheduling), everything else being spent waiting for
+the caller to finish or for a provider.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     """Interrupted: the playout cleared to the LLM and TTS work cancelled (ms)."""
     outcome: Outcome = "pending"
     stages_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    first_phrase_ms: float | None = None
+    """LLM request to its first speakable phrase (ms)."""
     overhead_ms: float | None = None
     providers: dict[str, str] = msgspec.field(default_factory=dict)
     """Stage -> the provider that served it."""
@@ -53,6 +59,8 @@ class TurnRecord(msgspec.Struct, kw_only=True):
         self.stages_ms[stage] = round(ms, 1)
         if stage == "turn_total" and "turn:filler" not in self.fallbacks:
             parts = [self.stages_ms.get(s) for s in STAGES[:4]]
+            if self.first_phrase_ms is not None:
+                parts[2] = self.first_phrase_ms
             if all(p is not None for p in parts):
                 self.overhead_ms = round(ms - sum(p for p in parts if p is not None), 1)
 

@@ -91,7 +91,9 @@ class ProviderSet:
         A provider that refuses its credentials at warm-up is logged with the
         setting to fix; it stays in its chain (the fallbacks cover it per turn).
         """
-        self._session = aiohttp.ClientSession()
+        # No pool limit: every call holds STT (and some TTS) sockets for its whole
+        # length, and aiohttp's default cap of 100 would starve the LLM requests.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.stt = [(name, self._stt(name)) for name in self.chains.stt]
         self.llm = [(name, self._llm(name)) for name in self.chains.llm]
         self.tts = [(name, self._tts(name)) for name in self.chains.tts]
