@@ -431,7 +431,8 @@ class PhraseSplitter:
         if match is not None:
             return match.end()
         if len(self._buffer) >= self._max_chars:
-            space = self._buffer.rfind(" ", 0, self._max_chars)
+            head = self._buffer[: self._max_chars]
+            space = max(head.rfind(c) for c in " \t\n\r")  # the last break between words
             return space + 1 if space > 0 else self._max_chars
         return None
 
