@@ -25,6 +25,7 @@ from server.providers.base import (
     ProviderError,
     RateLimitedError,
 )
+from tests.fakes.scripted import RecordingObserver
 
 BUDGET_MS = 150.0
 MESSAGES = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
@@ -68,30 +69,6 @@ class FakeLlm:
                     raise step
         finally:
             self.closed.append(number)
-
-
-@dataclass
-class RecordingObserver:
-    stages: list[tuple[str, float]] = field(default_factory=list)
-    overheads: list[float] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    fallbacks: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-
-    def observe_stage_ms(self, stage: str, latency_ms: float) -> None:
-        self.stages.append((stage, latency_ms))
-
-    def observe_overhead_ms(self, latency_ms: float) -> None:
-        self.overheads.append(latency_ms)
-
-    def count_violation(self, stage: str) -> None:
-        self.violations.append(stage)
-
-    def count_fallback(self, stage: str, action: str) -> None:
-        self.fallbacks.append((stage, action))
-
-    def count_provider_error(self, provider: str, kind: str) -> None:
-        self.errors.append((provider, kind))
 
 
 @dataclass

@@ -16,7 +16,6 @@ import pytest
 
 from server.agents.clips import Clip, Clips
 from server.agents.pipeline import PipelineAgent, PipelineContext
-from server.agents.turnlog import NoStageObserver
 from server.call import Call
 from server.config import AgentSection, BudgetsSection
 from server.providers.base import AuthError, ChatMessage, ProviderError
@@ -25,6 +24,7 @@ from server.transport import CallStarted, Dtmf, MarkPlayed
 from tests import speech
 from tests.fakes.scripted import (
     LlmScript,
+    RecordingObserver,
     ScriptedLlm,
     ScriptedStt,
     ScriptedTts,
@@ -35,22 +35,6 @@ from tests.test_call import RecordingTransport, wire
 
 FILLER = Clip("One moment.", b"\x10" * 2400)  # 300 ms
 APOLOGY = Clip("Sorry, something went wrong.", b"\x20" * 4000)  # 500 ms
-
-
-class Observer(NoStageObserver):
-    def __init__(self) -> None:
-        self.violations: list[str] = []
-        self.fallbacks: list[tuple[str, str]] = []
-        self.errors: list[tuple[str, str]] = []
-
-    def count_violation(self, stage: str) -> None:
-        self.violations.append(stage)
-
-    def count_fallback(self, stage: str, action: str) -> None:
-        self.fallbacks.append((stage, action))
-
-    def count_provider_error(self, provider: str, kind: str) -> None:
-        self.errors.append((provider, kind))
 
 
 class Harness:
@@ -76,7 +60,7 @@ class Harness:
         providers.tts = [(n, ScriptedTts(n, s)) for n, s in tts]
         self.offline = TtsScript()
         providers.offline_tts = ScriptedTts("espeak", self.offline)  # type: ignore[assignment]
-        self.observer = Observer()
+        self.observer = RecordingObserver()
         context = PipelineContext(
             providers=providers,
             agent=self.config,

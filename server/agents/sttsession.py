@@ -112,6 +112,7 @@ class SttSession:
         self._utterances: deque[Utterance] = deque(maxlen=8)
         self._link: _Link | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced streams being closed
         self._next_provider = 0
         self._closed = False
 
@@ -290,16 +291,9 @@ class SttSession:
             self._retire(old)
 
     def _retire(self, link: _Link) -> None:
-        async def close() -> None:
-            try:
-                async with asyncio.timeout(2.0):
-                    await link.stream.close()
-            except (ProviderError, TimeoutError):
-                pass
-            if link.reader is not None:
-                link.reader.cancel()
-
-        asyncio.get_running_loop().create_task(close())
+        task = asyncio.get_running_loop().create_task(_close_link(link))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _attach(self, utterance: Utterance, link: _Link) -> None:
         utterance.stream = link.stream
@@ -411,16 +405,22 @@ class SttSession:
         if self._connecting is not None:
             self._connecting.cancel()
         link, self._link = self._link, None
-        if link is None:
-            return
-        try:
-            async with asyncio.timeout(2.0):
-                await link.stream.close()
-        except (ProviderError, TimeoutError):
-            pass
-        if link.reader is not None:
-            link.reader.cancel()
-            await asyncio.gather(link.reader, return_exceptions=True)
+        if link is not None:
+            await _close_link(link)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+async def _close_link(link: _Link) -> None:
+    """Close a stream (letting its last events arrive, 2 s at most), then its reader."""
+    try:
+        async with asyncio.timeout(2.0):
+            await link.stream.close()
+    except (ProviderError, TimeoutError):
+        pass
+    if link.reader is not None:
+        link.reader.cancel()
+        await asyncio.gather(link.reader, return_exceptions=True)
 
 
 def _loop_time(monotonic_deadline: float) -> float:

@@ -29,6 +29,35 @@ from server.providers.base import (
 _END = object()
 
 
+# ----------------------------------------------------------------------- metrics
+
+
+@dataclass
+class RecordingObserver:
+    """A StageObserver that keeps everything it is told, for assertions."""
+
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def observe_stage_ms(self, stage: str, latency_ms: float) -> None:
+        self.stages.append((stage, latency_ms))
+
+    def observe_overhead_ms(self, latency_ms: float) -> None:
+        self.overheads.append(latency_ms)
+
+    def count_violation(self, stage: str) -> None:
+        self.violations.append(stage)
+
+    def count_fallback(self, stage: str, action: str) -> None:
+        self.fallbacks.append((stage, action))
+
+    def count_provider_error(self, provider: str, kind: str) -> None:
+        self.errors.append((provider, kind))
+
+
 # ---------------------------------------------------------------------------- STT
 
 
