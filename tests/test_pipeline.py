@@ -197,7 +197,9 @@ async def test_stalled_llm_is_retried_then_the_next_provider_answers() -> None:
     await h.close()
 
 
-async def test_rejected_key_is_not_retried_and_every_failure_ends_in_the_apology() -> None:
+async def test_rejected_key_is_not_retried_and_every_failure_ends_in_the_apology(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     refused = LlmScript(reply="", fail=AuthError("openai", "invalid api key", status=401))
     broken = LlmScript(reply="", fail=ProviderError("backup", "500 from upstream", status=500))
     h = Harness(
@@ -212,6 +214,7 @@ async def test_rejected_key_is_not_retried_and_every_failure_ends_in_the_apology
     assert turn["outcome"] == "failed"
     assert turn["fallbacks"] == ["llm:next:backup", "llm:failed"]
     assert len(refused.requests) == 1  # an auth failure is not retried
+    assert "check providers.openai.api_key" in caplog.text
     assert ("openai", "auth") in h.observer.errors
     assert h.history()[-1] == ("assistant", APOLOGY.text)
     assert APOLOGY.ulaw[:160] in h.transport.audio()

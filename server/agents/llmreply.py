@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
-from server.agents.sttsession import error_kind
+from server.agents.sttsession import error_kind, explain
 from server.agents.turnlog import StageObserver, TurnRecord
 from server.providers.base import ChatMessage, LlmDelta, LlmProvider, ProviderError
 
@@ -87,7 +87,7 @@ class LlmReply:
             except ProviderError as exc:
                 await _close(stream)
                 self._observer.count_provider_error(name, error_kind(exc))
-                log.warning("call %s: LLM %s failed: %s", self._call_id, name, exc)
+                log.warning("call %s: LLM %s failed: %s", self._call_id, name, explain(name, exc))
                 no_retry = no_retry or not exc.retryable
                 continue
             latency_ms = (time.monotonic() - t0) * 1000

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from server.agents.base import CallControl
 from server.agents.replyaudio import WIRE_RATE_HZ, WireEncoder, wire_ms
 from server.agents.spoken import SpokenLedger
-from server.agents.sttsession import error_kind
+from server.agents.sttsession import error_kind, explain
 from server.agents.turnlog import StageObserver, TurnRecord
 from server.providers.base import ProviderError, TtsProvider, TtsStream, Word
 
@@ -169,7 +169,9 @@ class Speaker:
                 kind = error_kind(exc) if isinstance(exc, ProviderError) else "timeout"
                 self._retry_ok = isinstance(exc, TimeoutError) or exc.retryable
                 self._observer.count_provider_error(name, kind)
-                log.warning("call %s: TTS %s could not start: %s", self._cid, name, exc)
+                log.warning(
+                    "call %s: TTS %s could not start: %s", self._cid, name, explain(name, exc)
+                )
                 continue
             if self._cancelled:
                 with contextlib.suppress(ProviderError):
@@ -278,7 +280,9 @@ class Speaker:
             self._retry_ok = error.retryable
             if not counted:
                 self._observer.count_provider_error(self._name, error_kind(error))
-            log.warning("call %s: TTS %s failed: %s", self._cid, self._name, error)
+            log.warning(
+                "call %s: TTS %s failed: %s", self._cid, self._name, explain(self._name, error)
+            )
         elif not counted:
             self._observer.count_provider_error(self._name, "closed")
             log.warning("call %s: TTS %s ended its stream early", self._cid, self._name)

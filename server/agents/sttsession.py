@@ -30,7 +30,14 @@ import numpy.typing as npt
 
 from server.agents.base import CallControl
 from server.agents.turnlog import StageObserver, TurnRecord
-from server.providers.base import ProviderError, SttEvent, SttEventKind, SttProvider, SttStream
+from server.providers.base import (
+    AuthError,
+    ProviderError,
+    SttEvent,
+    SttEventKind,
+    SttProvider,
+    SttStream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,13 @@ def error_kind(error: ProviderError) -> str:
         "ConnectionLostError": "connection",
     }
     return names.get(type(error).__name__, "error")
+
+
+def explain(name: str, error: BaseException) -> str:
+    """``error`` for a log line; a refused key also names the setting to fix."""
+    if isinstance(error, AuthError):
+        return f"{error} (credentials refused: check providers.{name}.api_key)"
+    return str(error) or type(error).__name__
 
 
 @dataclass(eq=False)
@@ -278,7 +292,9 @@ class SttSession:
             error = exc if isinstance(exc, ProviderError) else None
             kind = error_kind(error) if error is not None else "timeout"
             self._observer.count_provider_error(name, kind)
-            log.warning("call %s: STT %s could not open a stream: %s", self._cid, name, exc)
+            log.warning(
+                "call %s: STT %s could not open a stream: %s", self._cid, name, explain(name, exc)
+            )
             return None
         self._next_provider = index
         link = _Link(name, stream)
@@ -334,7 +350,13 @@ class SttSession:
         link.failed = error or ProviderError(link.name, "stream ended")
         kind = error_kind(error) if error is not None else "closed"
         self._observer.count_provider_error(link.name, kind)
-        log.warning("call %s: STT %s failed (%s): %s", self._cid, link.name, kind, link.failed)
+        log.warning(
+            "call %s: STT %s failed (%s): %s",
+            self._cid,
+            link.name,
+            kind,
+            explain(link.name, link.failed),
+        )
         for utterance in self._utterances:
             if utterance.stream is link.stream:
                 utterance.changed.set()
