@@ -43,11 +43,12 @@ from server.providers.base import (
     TtsChunk,
     Word,
 )
-from server.providers.connect import Backoff, error_for_status
+from server.providers.connect import error_for_status
 from server.providers.ttsmux import (
     ChunkQueue,
     SampleCarry,
     SocketLink,
+    SocketTiming,
     WebSocket,
     check_rate,
     connect_ws,
@@ -57,7 +58,7 @@ from server.providers.ttsmux import (
 NAME: Final = "cartesia"
 
 
-class CartesiaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class CartesiaSettings(SocketTiming, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[providers.cartesia]``: account, voice and protocol options."""
 
     api_key: str
@@ -73,29 +74,13 @@ class CartesiaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """Server-side text buffering (0..1000 ms); None: the provider's default."""
     max_session_s: float = 300.0
     """A socket older than this is replaced when next idle (s)."""
-    connect_timeout_s: float = 5.0
-    receive_timeout_s: float = 5.0
-    """Stall deadline: longest wait for audio after flush (s)."""
-    connect_retries: int = 2
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_buffer_delay_ms is not None and not 0 <= self.max_buffer_delay_ms <= 1000:
             raise ValueError("max_buffer_delay_ms must be in 0..1000")
-        for name in ("max_session_s", "connect_timeout_s", "receive_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        if self.connect_retries < 0:
-            raise ValueError("connect_retries must be >= 0")
-        if not 0 < self.backoff_base_s <= self.backoff_max_s:
-            raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
-
-    def backoff(self) -> Backoff | None:
-        """A fresh retry schedule for one connection attempt (None: do not retry)."""
-        if self.connect_retries == 0:
-            return None
-        return Backoff(self.backoff_base_s, self.backoff_max_s, self.connect_retries)
+        if self.max_session_s <= 0:
+            raise ValueError("max_session_s must be > 0")
 
 
 # ---------------------------------------------------------------- client -> server

@@ -39,11 +39,11 @@ from server.providers.base import (
     ProviderTimeoutError,
     TtsChunk,
 )
-from server.providers.connect import Backoff
 from server.providers.ttsmux import (
     ChunkQueue,
     SampleCarry,
     SocketLink,
+    SocketTiming,
     WebSocket,
     check_rate,
     connect_ws,
@@ -53,7 +53,7 @@ from server.providers.ttsmux import (
 NAME: Final = "deepgram_tts"
 
 
-class DeepgramTtsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DeepgramTtsSettings(SocketTiming, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[providers.deepgram_tts]``: account, voice and protocol options."""
 
     api_key: str
@@ -65,31 +65,15 @@ class DeepgramTtsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     handoff_timeout_s: float = 2.0
     """Longest wait for the previous generation to free the socket before opening another (s)."""
     prewarm_rate_hz: int = 16000
-    connect_timeout_s: float = 5.0
-    receive_timeout_s: float = 5.0
-    """Stall deadline: longest wait for audio after flush (s)."""
-    connect_retries: int = 2
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prewarm_rate_hz not in (8000, 16000, 24000):
             raise ValueError("prewarm_rate_hz must be 8000, 16000 or 24000")
-        for name in ("handoff_timeout_s", "connect_timeout_s", "receive_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
+        if self.handoff_timeout_s <= 0:
+            raise ValueError("handoff_timeout_s must be > 0")
         if self.speed is not None and not 0.5 <= self.speed <= 2.0:
             raise ValueError("speed must be in 0.5..2.0")
-        if self.connect_retries < 0:
-            raise ValueError("connect_retries must be >= 0")
-        if not 0 < self.backoff_base_s <= self.backoff_max_s:
-            raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
-
-    def backoff(self) -> Backoff | None:
-        """A fresh retry schedule for one connection attempt (None: do not retry)."""
-        if self.connect_retries == 0:
-            return None
-        return Backoff(self.backoff_base_s, self.backoff_max_s, self.connect_retries)
 
 
 # ---------------------------------------------------------------- client -> server

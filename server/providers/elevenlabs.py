@@ -59,11 +59,12 @@ from server.providers.base import (
     TtsChunk,
     Word,
 )
-from server.providers.connect import Backoff, error_for_exception, error_for_status
+from server.providers.connect import error_for_exception, error_for_status
 from server.providers.ttsmux import (
     ChunkQueue,
     SampleCarry,
     SocketLink,
+    SocketTiming,
     WebSocket,
     check_rate,
     connect_ws,
@@ -74,7 +75,7 @@ from server.providers.ttsmux import (
 NAME: Final = "elevenlabs"
 
 
-class ElevenLabsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ElevenLabsSettings(SocketTiming, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[providers.elevenlabs]``: account, voice and protocol options."""
 
     api_key: str
@@ -98,35 +99,19 @@ class ElevenLabsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     http_timestamps: bool = True
     """HTTP: use ``/stream/with-timestamps`` for word alignment."""
     prewarm_rate_hz: int = 16000
-    connect_timeout_s: float = 5.0
-    receive_timeout_s: float = 5.0
-    """Stall deadline: longest wait for audio after flush (s)."""
-    connect_retries: int = 2
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 1 <= self.inactivity_timeout_s <= 180:
             raise ValueError("inactivity_timeout_s must be in 1..180")
         if any(not 50 <= n <= 500 for n in self.chunk_length_schedule):
             raise ValueError("chunk_length_schedule items must be in 50..500")
         if self.prewarm_rate_hz not in (8000, 16000, 24000):
             raise ValueError("prewarm_rate_hz must be 8000, 16000 or 24000")
-        for name in ("keepalive_interval_s", "connect_timeout_s", "receive_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
+        if self.keepalive_interval_s <= 0:
+            raise ValueError("keepalive_interval_s must be > 0")
         if self.keepalive_interval_s >= self.inactivity_timeout_s:
             raise ValueError("keepalive_interval_s must be < inactivity_timeout_s")
-        if self.connect_retries < 0:
-            raise ValueError("connect_retries must be >= 0")
-        if not 0 < self.backoff_base_s <= self.backoff_max_s:
-            raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
-
-    def backoff(self) -> Backoff | None:
-        """A fresh retry schedule for one connection attempt (None: do not retry)."""
-        if self.connect_retries == 0:
-            return None
-        return Backoff(self.backoff_base_s, self.backoff_max_s, self.connect_retries)
 
 
 # ---------------------------------------------------------------- client -> server

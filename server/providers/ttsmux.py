@@ -9,6 +9,7 @@ them (each provider module keeps its own messages, URLs and close codes):
 * :class:`SocketLink` — one open WebSocket and the one task reading it; every
   frame is handed on with :func:`time.monotonic_ns` of its receipt.
 * :func:`connect_ws` — open a WebSocket, retrying with :class:`Backoff`.
+* :class:`SocketTiming` — the connect, stall and retry settings every client has.
 * :class:`SampleCarry` — whole 16-bit samples out of arbitrary byte runs.
 """
 
@@ -22,6 +23,7 @@ from enum import Enum
 from typing import Final, TypeAlias
 
 import aiohttp
+import msgspec
 
 from server.providers.base import (
     ConnectionLostError,
@@ -39,6 +41,32 @@ MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 """Largest WebSocket frame accepted from a provider (base64 audio in JSON is large)."""
 
 WebSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
+
+
+class SocketTiming(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Client timing (s) of a TTS WebSocket: the base of each provider's settings."""
+
+    connect_timeout_s: float = 5.0
+    receive_timeout_s: float = 5.0
+    """Stall deadline: longest wait for audio after flush (s)."""
+    connect_retries: int = 2
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout_s", "receive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.connect_retries < 0:
+            raise ValueError("connect_retries must be >= 0")
+        if not 0 < self.backoff_base_s <= self.backoff_max_s:
+            raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
+
+    def backoff(self) -> Backoff | None:
+        """A fresh retry schedule for one connection attempt (None: do not retry)."""
+        if self.connect_retries == 0:
+            return None
+        return Backoff(self.backoff_base_s, self.backoff_max_s, self.connect_retries)
 
 
 def check_rate(provider: str, rate_hz: int) -> None:
