@@ -29,8 +29,6 @@ What clients sent is recorded in ``app[RECEIVED]`` and ``app[HANDSHAKES]``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -41,6 +39,7 @@ from typing import Any, Literal
 from aiohttp import WSMsgType, web
 
 from engine.g711 import ulaw_decode
+from tests.fakes.outbox import PacedOutbox
 from tests.fakes.profile import Fault, Profile
 from tests.fakes.speechdetect import SpeechScript, TimedWord
 
@@ -232,17 +231,6 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-class _Close:
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-class _Delay:
-    def __init__(self, ms: float) -> None:
-        self.ms = ms
-
-
 class _Session:
     """One client socket: reads and checks client frames, writes paced server messages."""
 
@@ -261,7 +249,14 @@ class _Session:
         self.index = index
         self.fault = fault
         self.received = request.app[RECEIVED]
-        self.outbox: asyncio.Queue[str | _Close | _Delay] = asyncio.Queue()
+        self.out = PacedOutbox(
+            request,
+            ws,
+            profile=config.profile,
+            fault=fault,
+            malformed='{"type": "Turn", "turn_order": "x", "words": 7}',
+            record=lambda frame: config.sent.append((index, frame)),
+        )
         self.options: Options | None = None
         self.script = SpeechScript(
             config.script,
@@ -273,8 +268,6 @@ class _Session:
         self.turn_order = 0
         self.final_words: list[TimedWord] = []
         self.last_partial_ms = 0.0
-        self.closing = False
-        self.ended = asyncio.Event()
 
     def start(self, options: Options) -> None:
         self.options = options
@@ -293,14 +286,7 @@ class _Session:
         self._close(code, message[:120])
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
-        try:
-            await self._read()
-        finally:
-            self.ended.set()
-            if not self.closing:
-                writer.cancel()
-            await asyncio.wait({writer})
+        await self.out.run(self._read)
 
     # ------------------------------------------------------------------ reading
 
@@ -314,11 +300,11 @@ class _Session:
                 msg = await self.ws.receive()  # the client's close reply
             if msg.type is WSMsgType.BINARY:
                 self.received.append(Received(self.index, "audio", msg.data))
-                if not self.closing:
+                if not self.out.closing:
                     self._audio(msg.data)
             elif msg.type is WSMsgType.TEXT:
                 self.received.append(Received(self.index, "text", msg.data))
-                if not self.closing:
+                if not self.out.closing:
                     self._control(msg.data)
             else:
                 return
@@ -420,7 +406,7 @@ class _Session:
         self._turn([(w, True) for w in words], end_of_turn=True, confidence=confidence)
         assert self.options is not None
         if self.options.format_turns and words:
-            self.outbox.put_nowait(_Delay(self.config.format_delay_ms))
+            self.out.delay(self.config.format_delay_ms)
             self._turn(
                 [(w, True) for w in words], end_of_turn=True, confidence=confidence, pretty=True
             )
@@ -462,44 +448,7 @@ class _Session:
         )
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.outbox.put_nowait(json.dumps(message))
+        self.out.send(message)
 
     def _close(self, code: int, reason: str) -> None:
-        self.closing = True
-        self.outbox.put_nowait(_Close(code, reason))
-
-    # ------------------------------------------------------------------ writing
-
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
-            await self._write_paced()
-
-    async def _write_paced(self) -> None:
-        profile = self.config.profile
-        sent = 0
-        while True:
-            item = await self.outbox.get()
-            if isinstance(item, _Close):
-                await self.ws.close(code=item.code, message=item.reason.encode())
-                return
-            if isinstance(item, _Delay):
-                await asyncio.sleep(item.ms / 1000)
-                continue
-            if sent == 0:
-                await profile.first_byte()
-            else:
-                await profile.between_chunks()
-            if sent == profile.after_chunks:
-                if self.fault is Fault.STALL:
-                    await self.ended.wait()
-                    return
-                if self.fault is Fault.DISCONNECT:
-                    transport = self.request.transport
-                    if transport is not None:
-                        transport.abort()
-                    return
-                if self.fault is Fault.MALFORMED:
-                    await self.ws.send_str('{"type": "Turn", "turn_order": "x", "words": 7}')
-            await self.ws.send_str(item)
-            self.config.sent.append((self.index, item))
-            sent += 1
+        self.out.close(code, reason)

@@ -32,8 +32,6 @@ recorded in ``app[RECEIVED]`` and ``app[HANDSHAKES]``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import uuid
@@ -45,6 +43,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from engine.g711 import alaw_decode, ulaw_decode
+from tests.fakes.outbox import PacedOutbox
 from tests.fakes.profile import Fault, Profile
 from tests.fakes.speechdetect import SpeechScript, TimedWord
 
@@ -220,17 +219,6 @@ async def _listen(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-class _Close:
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-class _Delay:
-    def __init__(self, ms: float) -> None:
-        self.ms = ms
-
-
 class _Session:
     """One client socket: reads and checks client frames, writes paced server messages."""
 
@@ -251,7 +239,14 @@ class _Session:
         self.index = index
         self.fault = fault
         self.received = request.app[RECEIVED]
-        self.outbox: asyncio.Queue[str | _Close | _Delay] = asyncio.Queue()
+        self.out = PacedOutbox(
+            request,
+            ws,
+            profile=config.profile,
+            fault=fault,
+            malformed='{"type": "Results", "channel": {"alternatives": 7}}',
+            record=lambda frame: config.sent.append((index, frame)),
+        )
         self.script = SpeechScript(
             config.script,
             options.sample_rate,
@@ -264,18 +259,9 @@ class _Session:
         self.last_interim_ms = 0.0
         self.last_word_end_ms = 0.0
         self.utterance_end_pending = False
-        self.closing = False
-        self.ended = asyncio.Event()
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
-        try:
-            await self._read()
-        finally:
-            self.ended.set()
-            if not self.closing:
-                writer.cancel()
-            await asyncio.wait({writer})
+        await self.out.run(self._read)
 
     # ------------------------------------------------------------------ reading
 
@@ -288,11 +274,11 @@ class _Session:
                 msg = await self.ws.receive()  # the client's close reply
             if msg.type is WSMsgType.BINARY:
                 self.received.append(Received(self.index, "audio", msg.data))
-                if not self.closing:
+                if not self.out.closing:
                     self._audio(msg.data)
             elif msg.type is WSMsgType.TEXT:
                 self.received.append(Received(self.index, "text", msg.data))
-                if not self.closing:
+                if not self.out.closing:
                     self._control(msg.data)
             else:
                 return
@@ -385,7 +371,7 @@ class _Session:
 
     def _finalize(self) -> None:
         if self.config.finalize_delay_ms > 0:
-            self.outbox.put_nowait(_Delay(self.config.finalize_delay_ms))
+            self.out.delay(self.config.finalize_delay_ms)
         if self.script.segment_open:
             self._final(speech_final=False, whole=not self.script.in_speech, from_finalize=True)
         elif self.config.answer_idle_finalize or self.script.audio_ms > self.window_start_ms:
@@ -450,44 +436,7 @@ class _Session:
         self._send(message)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.outbox.put_nowait(json.dumps(message))
+        self.out.send(message)
 
     def _close(self, code: int, reason: str) -> None:
-        self.closing = True
-        self.outbox.put_nowait(_Close(code, reason))
-
-    # ------------------------------------------------------------------ writing
-
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
-            await self._write_paced()
-
-    async def _write_paced(self) -> None:
-        profile = self.config.profile
-        sent = 0
-        while True:
-            item = await self.outbox.get()
-            if isinstance(item, _Close):
-                await self.ws.close(code=item.code, message=item.reason.encode())
-                return
-            if isinstance(item, _Delay):
-                await asyncio.sleep(item.ms / 1000)
-                continue
-            if sent == 0:
-                await profile.first_byte()
-            else:
-                await profile.between_chunks()
-            if sent == profile.after_chunks:
-                if self.fault is Fault.STALL:
-                    await self.ended.wait()
-                    return
-                if self.fault is Fault.DISCONNECT:
-                    transport = self.request.transport
-                    if transport is not None:
-                        transport.abort()
-                    return
-                if self.fault is Fault.MALFORMED:
-                    await self.ws.send_str('{"type": "Results", "channel": {"alternatives": 7}}')
-            await self.ws.send_str(item)
-            self.config.sent.append((self.index, item))
-            sent += 1
+        self.out.close(code, reason)
