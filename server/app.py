@@ -13,13 +13,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.agents.base import Agent, CallControl
 from server.agents.clips import render_clips
+from server.agents.loopback import LoopbackAgent
 from server.agents.pipeline import PipelineAgent, PipelineContext
 from server.call import AgentFactory, Call
 from server.config import Config
 from server.mediaclock import MediaClock
 from server.metrics import Metrics
 from server.providers.registry import Chains, ProviderSet
+from server.transport import Transport
 from server.twilio_route import media_stream, voice_webhook
+from server.webrtc_route import add_routes as add_webrtc_routes
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,31 @@ class CallRegistry:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def refusal(self) -> str | None:
-        """Why a new call would be refused now (``None``: it is accepted)."""
+    def refusal(self, extra: int = 0) -> str | None:
+        """Why a new call would be refused now (``None``: it is accepted).
+
+        ``extra`` counts calls being set up that are not registered yet.
+        """
         if self.draining:
             return "draining"
-        if len(self.calls) >= self.config.server.max_calls:
+        if len(self.calls) + extra >= self.config.server.max_calls:
             return "full"
         return None
+
+    def open_call(self, call_id: str, transport: Transport) -> Call:
+        """A new call on ``transport`` with the configured agent, registered."""
+        config = self.config
+        call = Call(
+            call_id,
+            transport,
+            config.agent,
+            lead_frames=config.server.outbound_lead_frames,
+            observer=self.metrics,
+            agent=self.agent_factory,
+            eou_budget_ms=config.budgets.eou_ms,
+        )
+        self.add(call)
+        return call
 
     def add(self, call: Call) -> None:
         self.calls[id(call)] = call
@@ -128,6 +149,8 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/calls/{call_id}", call_summary)
     app.router.add_get("/twilio", media_stream)
     app.router.add_post("/twilio/voice", voice_webhook)
+    if config.webrtc.enabled:
+        add_webrtc_routes(app, registry)
 
     async def start_clock(app: web.Application) -> None:
         registry.clock.start()
@@ -137,6 +160,8 @@ def build_app(config: Config) -> web.Application:
 
     if config.agent.name == "pipeline":
         app.cleanup_ctx.append(_pipeline(registry))
+    elif config.agent.name == "loopback":
+        registry.agent_factory = LoopbackAgent
     app.on_startup.append(start_clock)
     app.on_cleanup.append(stop_clock)
     return app
@@ -187,6 +212,7 @@ async def serve(config: Config) -> int:
     log.info("voxgate listening on http://%s:%d", host, port)
     print(
         f"voxgate: listening on http://{host}:{port}\n"
+        f"  browser: http://{host}:{port}/ (WebRTC offers: POST /webrtc/offer, WHIP: /whip)\n"
         f"  Twilio Media Streams: ws://{host}:{port}/twilio "
         f"(webhook: POST http://{host}:{port}/twilio/voice)\n"
         f"  agent: {config.agent.name}  calls: /calls/{{id}}\n"

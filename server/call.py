@@ -41,6 +41,14 @@ from engine.turn import (
 from engine.vad import Vad, VadConfig
 from server.agents.base import Agent, CallControl
 from server.agents.echo import EchoAgent
+from server.callevents import (
+    CallEnded,
+    CallEvent,
+    CallListener,
+    StateChanged,
+    Transcript,
+    TurnLatency,
+)
 from server.config import AgentSection
 from server.transport import (
     AudioIn,
@@ -48,6 +56,7 @@ from server.transport import (
     Dtmf,
     Hangup,
     MarkPlayed,
+    TextIn,
     Transport,
     TransportEvent,
 )
@@ -178,6 +187,9 @@ class Call:
         self._idle_ms = round(config.idle_hangup_s * 1000) or None
         self._active_ms = 0  # last media time the caller spoke or the agent played
         self.end_reason: str | None = None
+        self.listener: CallListener | None = None
+        """Where the call's events go (set by a transport that shows them), else nowhere."""
+        self._shown_state = self.turn.state
         self.agent: Agent = (
             agent(self) if agent is not None else EchoAgent(self, preroll_ms=config.preroll_ms)
         )
@@ -202,6 +214,9 @@ class Call:
             self._active_ms = self._inbound_ms
             self._apply(self.turn.on_dtmf(event.digit, self._inbound_ms))
             self.agent.on_dtmf(event.digit)
+        elif isinstance(event, TextIn):
+            self._active_ms = self._inbound_ms
+            self.agent.on_text(event.text)
         elif isinstance(event, Hangup):
             self.end(event.reason)
         elif isinstance(event, CallStarted):
@@ -226,6 +241,8 @@ class Call:
             commands = self.turn.tick(heard_ms, self.vad.voiced_until_ms)
             if commands:
                 self._apply(commands)
+            elif self.listener is not None:
+                self._show_state()
             if self.ended:
                 return
             if self._max_call_ms is not None and heard_ms >= self._max_call_ms:
@@ -277,21 +294,34 @@ class Call:
             self.agent.on_command(command)
             if self.ended:
                 return
+        if self.listener is not None:
+            self._show_state()
+
+    def _show_state(self) -> None:
+        state = self.turn.state
+        if state is not self._shown_state:
+            self._shown_state = state
+            self.publish(StateChanged(state.value))
 
     # -- the agent's side (CallControl) -----------------------------------------------
 
-    def play(self, ulaw: bytes, generation: int) -> bool:
+    def play(self, ulaw: bytes | bytearray, generation: int) -> bool:
         """Queue reply audio (8 kHz mu-law) of ``generation``; False if stale or full."""
         if self.ended:
             return False
         accepted = self._playout.push(ulaw, generation)
-        idle = self._far_end_frames == 0 and not self._playout.paused
-        # The far end has nothing to play: its first frame leaves now rather than at
-        # the next tick, which then counts it as still playing (less than a period
-        # has passed) and tops the far end up to the usual depth.
-        if accepted and idle and self._send_frame():
-            self._far_end_frames = 1
-            self._kicked = True
+        if not accepted or self._playout.paused or self._far_end_frames > self.lead_frames:
+            return accepted
+        # The far end holds no more than the lead: the audio leaves now rather than
+        # at the next tick.  From idle, the next tick counts the first frame as still
+        # playing (less than a period has passed).
+        idle = self._far_end_frames == 0
+        sent = False
+        while self._far_end_frames <= self.lead_frames and self._send_frame():
+            self._far_end_frames += 1
+            sent = True
+        if sent:
+            self._kicked = self._kicked or idle
             self._pass_progress()
         return accepted
 
@@ -320,7 +350,13 @@ class Call:
 
     def transcript(self, text: str, is_final: bool) -> None:
         if not self.ended:
+            self.publish(Transcript("user", text, final=False))
             self._apply(self.turn.on_transcript(text, is_final, self._inbound_ms))
+
+    def publish(self, event: CallEvent) -> None:
+        """Hand ``event`` to the call's listener, if any."""
+        if self.listener is not None:
+            self.listener.on_call_event(event)
 
     def request_turn(self) -> bool:
         if self.ended:
@@ -376,7 +412,9 @@ class Call:
         if generation != self._playing_generation:
             self._playing_generation = generation
             if self._answering is not None and self._answering[0] == generation:
-                self.observer.observe_turn_ms(self._inbound_ms - self._answering[1])
+                latency_ms = self._inbound_ms - self._answering[1]
+                self.observer.observe_turn_ms(latency_ms)
+                self.publish(TurnLatency(generation, latency_ms))
                 self._answering = None
             self.agent.on_first_audio(generation)
             self._apply(self.turn.on_playout_started(generation, self._inbound_ms))
@@ -393,6 +431,7 @@ class Call:
             self.end_reason = reason
             self.agent.close(reason)
             log.info("call %s ended: %s (%s)", self.call_id, reason, self.stats)
+            self.publish(CallEnded(reason))
 
     def summary(self) -> dict[str, object]:
         """The call so far: identity, state, counters and the agent's own summary."""

@@ -21,7 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port to listen on (default 8080)")
     serve.add_argument(
         "--agent",
-        choices=["pipeline", "echo"],
+        choices=["pipeline", "echo", "loopback"],
         help="the agent that answers calls (default pipeline: STT -> LLM -> TTS)",
     )
     serve.add_argument(

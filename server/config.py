@@ -9,6 +9,7 @@ error names the bad key (``server.port``) and what was wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -57,6 +58,72 @@ class TwilioSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     """When set, webhook and WebSocket requests must carry a valid X-Twilio-Signature."""
 
 
+class IceServer(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One STUN or TURN server, as a browser's ``RTCIceServer``."""
+
+    urls: tuple[str, ...]
+    """``stun:host:port`` or ``turn:host:port?transport=udp|tcp`` (``turns:`` for TLS)."""
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The browser front door (``POST /webrtc/offer``, WHIP at ``/whip``)."""
+
+    enabled: bool = True
+    ice_servers: tuple[IceServer, ...] = ()
+    """STUN/TURN servers for the server's own candidates; none: host candidates only."""
+    ice_addresses: tuple[str, ...] = ()
+    """Local addresses to offer as host candidates; empty: every interface, or
+    127.0.0.1 on a host with no other.  ``["127.0.0.1"]`` keeps WebRTC on loopback
+    (connectivity checks from other addresses are then ignored)."""
+    connect_timeout_s: float = 10.0
+    """Offer answered to ICE and DTLS connected; past it the call is torn down."""
+    max_offer_bytes: int = 32_768
+    """Largest offer (or trickle PATCH) body accepted."""
+    receive_prefetch_frames: int = 0
+    """Inbound audio packets held before decoding: 0 passes each packet on as it
+    arrives, in order (aiortc's own buffer holds 4: about 80 ms more latency)."""
+
+    def __post_init__(self) -> None:
+        for i, server in enumerate(self.ice_servers):
+            _check(bool(server.urls), f"webrtc.ice_servers[{i}].urls", "needs at least one URL")
+            for url in server.urls:
+                scheme = url.partition(":")[0]
+                _check(
+                    scheme in ("stun", "stuns", "turn", "turns"),
+                    f"webrtc.ice_servers[{i}].urls",
+                    f"{url!r} is not a stun:, stuns:, turn: or turns: URL",
+                )
+                _check(
+                    not scheme.startswith("turn") or server.username is not None,
+                    f"webrtc.ice_servers[{i}].username",
+                    "a TURN server needs a username and credential",
+                )
+        for address in self.ice_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(
+                    f"webrtc.ice_addresses: {address!r} is not an IP address"
+                ) from None
+        _check(
+            0.5 <= self.connect_timeout_s <= 120,
+            "webrtc.connect_timeout_s",
+            f"must be in 0.5..120 s, got {self.connect_timeout_s}",
+        )
+        _check(
+            1024 <= self.max_offer_bytes <= 1_048_576,
+            "webrtc.max_offer_bytes",
+            f"must be in 1024..1048576, got {self.max_offer_bytes}",
+        )
+        _check(
+            0 <= self.receive_prefetch_frames <= 8,
+            "webrtc.receive_prefetch_frames",
+            f"must be in 0..8, got {self.receive_prefetch_frames}",
+        )
+
+
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Answer in one or two short, "
     "plain spoken sentences: no lists, no markdown, no emoji."
@@ -64,8 +131,9 @@ DEFAULT_INSTRUCTIONS = (
 
 
 class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    name: Literal["echo", "pipeline"] = "pipeline"
-    """``pipeline``: STT -> LLM -> TTS; ``echo``: plays the caller's utterance back."""
+    name: Literal["echo", "pipeline", "loopback"] = "pipeline"
+    """``pipeline``: STT -> LLM -> TTS; ``echo``: plays the caller's utterance back;
+    ``loopback``: plays every caller frame straight back (a media echo test)."""
     endpointing_ms: int = 200
     """Silence after the caller's speech before the turn ends (ms)."""
     min_interruption_ms: int = 300
@@ -148,6 +216,7 @@ class BudgetsSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     twilio: TwilioSection = msgspec.field(default_factory=TwilioSection)
+    webrtc: WebRtcSection = msgspec.field(default_factory=WebRtcSection)
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     budgets: BudgetsSection = msgspec.field(default_factory=BudgetsSection)
     providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)

@@ -48,6 +48,12 @@ class Dtmf(msgspec.Struct, frozen=True):
     digit: str
 
 
+class TextIn(msgspec.Struct, frozen=True):
+    """A message the caller typed (browser pages); the agent answers it as a turn."""
+
+    text: str
+
+
 class MarkPlayed(msgspec.Struct, frozen=True):
     """The far end reached a mark: ``played`` is False when it came back because of a clear."""
 
@@ -61,7 +67,7 @@ class Hangup(msgspec.Struct, frozen=True):
     reason: str
 
 
-TransportEvent: TypeAlias = CallStarted | AudioIn | Dtmf | MarkPlayed | Hangup
+TransportEvent: TypeAlias = CallStarted | AudioIn | Dtmf | TextIn | MarkPlayed | Hangup
 
 
 class Transport(Protocol):

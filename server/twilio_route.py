@@ -170,16 +170,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
                 continue
             if isinstance(result, CallStarted):
                 sender.label = result.call_id
-                call = Call(
-                    result.call_id,
-                    transport,
-                    config.agent,
-                    lead_frames=config.server.outbound_lead_frames,
-                    observer=registry.metrics,
-                    agent=registry.agent_factory,
-                    eou_budget_ms=config.budgets.eou_ms,
-                )
-                registry.add(call)
+                call = registry.open_call(result.call_id, transport)
             if call is not None:
                 call.on_event(result)
             if isinstance(result, Hangup):

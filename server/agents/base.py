@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.turn import Command
+from server.callevents import CallEvent
 
 
 class CallControl(Protocol):
@@ -28,7 +29,7 @@ class CallControl(Protocol):
         """The call's inbound media time (ms)."""
         ...
 
-    def play(self, ulaw: bytes, generation: int) -> bool:
+    def play(self, ulaw: bytes | bytearray, generation: int) -> bool:
         """Queue reply audio of ``generation``; False when it was dropped (stale or full)."""
         ...
 
@@ -56,6 +57,10 @@ class CallControl(Protocol):
         """End the call from our side."""
         ...
 
+    def publish(self, event: CallEvent) -> None:
+        """Show ``event`` to the far end, when its transport can (a browser page)."""
+        ...
+
 
 class Agent(Protocol):
     """One call's conversational side; every method returns at once (work runs in tasks)."""
@@ -75,6 +80,10 @@ class Agent(Protocol):
 
     def on_dtmf(self, digit: str) -> None:
         """A key the caller pressed."""
+        ...
+
+    def on_text(self, text: str) -> None:
+        """A message the caller typed (a browser page): a turn of its own."""
         ...
 
     def on_first_audio(self, generation: int) -> None:

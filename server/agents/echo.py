@@ -99,6 +99,9 @@ class EchoAgent:
     def on_dtmf(self, digit: str) -> None:
         pass
 
+    def on_text(self, text: str) -> None:
+        pass  # nothing to echo: the caller's voice is the only thing it plays
+
     def on_first_audio(self, generation: int) -> None:
         pass
 

@@ -53,6 +53,7 @@ from server.agents.speaker import Speaker
 from server.agents.spoken import SpokenLedger
 from server.agents.sttsession import SttSession, Utterance
 from server.agents.turnlog import StageObserver, TurnKind, TurnRecord
+from server.callevents import Transcript, TurnStages
 from server.config import AgentSection, BudgetsSection
 from server.providers.base import ChatMessage, TtsProvider
 from server.providers.registry import ProviderSet
@@ -158,6 +159,16 @@ class PipelineAgent:
         delay = 0.0 if digit == "#" else DTMF_PAUSE_S
         self._dtmf_timer = asyncio.get_running_loop().call_later(delay, self._dtmf_due)
 
+    def on_text(self, text: str) -> None:
+        """A typed message: answered as a turn of its own, or joins the caller's turn."""
+        text = text.strip()
+        if not text or self._closed:
+            return
+        self._carry = " ".join(t for t in (self._carry, text) if t)
+        self._bot_reason = "text"
+        if not self._control.request_turn():
+            self._bot_reason = None  # the caller is talking or being answered: next turn
+
     def on_first_audio(self, generation: int) -> None:
         response = self._responses.get(generation)
         if response is None:
@@ -253,6 +264,7 @@ class PipelineAgent:
                     record.outcome = "no_speech"
                     return
                 record.user_text = user_text
+                self._control.publish(Transcript("user", user_text, True, generation))
                 response.user_index = self._append(ChatMessage(role="user", content=user_text))
                 llm = LlmReply(
                     self._ctx.providers.llm,
@@ -279,7 +291,7 @@ class PipelineAgent:
                 observer=self._observer,
                 on_audio=lambda: self._audio_queued(generation),
             )
-            await self._speak(speaker, llm, text, record)
+            await self._speak(speaker, llm, text, record, generation)
             if speaker.failed and not speaker.spoke:
                 self._play_clip(generation, response, self._ctx.clips.apology, True)
                 record.outcome = "failed"
@@ -319,24 +331,36 @@ class PipelineAgent:
         return None if failed and not joined else joined
 
     async def _speak(
-        self, speaker: Speaker, llm: LlmReply | None, text: str | None, record: TurnRecord
+        self,
+        speaker: Speaker,
+        llm: LlmReply | None,
+        text: str | None,
+        record: TurnRecord,
+        generation: int,
     ) -> None:
         cutter = PhraseCutter()
+        said: list[str] = []
+
+        async def say(phrase: str) -> None:
+            said.append(phrase)
+            self._control.publish(Transcript("assistant", " ".join(said), False, generation))
+            await speaker.say(phrase)
+
         if text is not None:
             for phrase in cutter.push(text):
-                await speaker.say(phrase)
+                await say(phrase)
         elif llm is not None:
             async for piece in llm.pieces():
                 phrases = cutter.push(piece)
                 if phrases and record.first_phrase_ms is None and llm.started_at is not None:
                     record.first_phrase_ms = round((time.monotonic() - llm.started_at) * 1000, 1)
                 for phrase in phrases:
-                    await speaker.say(phrase)
+                    await say(phrase)
         rest = cutter.flush()
         if rest and record.first_phrase_ms is None and llm is not None and llm.started_at:
             record.first_phrase_ms = round((time.monotonic() - llm.started_at) * 1000, 1)
         for phrase in rest:
-            await speaker.say(phrase)
+            await say(phrase)
         await speaker.finish()
 
     def _tts_chain(self) -> list[tuple[str, TtsProvider]]:
@@ -357,6 +381,8 @@ class PipelineAgent:
                 response.assistant_index = self._append(ChatMessage(role="assistant", content=text))
             elif response.assistant_index is not None:
                 self._set_message(response.assistant_index, text)
+            if text:
+                self._control.publish(Transcript("assistant", text, True, generation))
         if record.outcome not in ("cancelled", "interrupted") and not self._closed:
             self._control.finish(generation)
         if response.audio_sent or not response.audio_queued:
@@ -364,6 +390,16 @@ class PipelineAgent:
 
     def _log_turn(self, record: TurnRecord) -> None:
         log.info("call %s %s", self._control.call_id, record.describe())
+        self._control.publish(
+            TurnStages(
+                generation=record.generation,
+                kind=record.kind,
+                outcome=record.outcome,
+                stages_ms=dict(record.stages_ms),
+                overhead_ms=record.overhead_ms,
+                providers=dict(record.providers),
+            )
+        )
 
     def _audio_queued(self, generation: int) -> None:
         response = self._responses.get(generation)
@@ -417,6 +453,7 @@ class PipelineAgent:
         record.heard_ms = position_ms
         record.reply_text = heard
         record.outcome = "interrupted" if position_ms > 0 else "cancelled"
+        self._control.publish(Transcript("assistant", heard, True, generation))
         if response.assistant_index is not None:
             self._set_message(response.assistant_index, heard)
         if not heard and response.user_index is not None:

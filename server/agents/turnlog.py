@@ -24,7 +24,7 @@ import msgspec
 
 STAGES: Final = ("eou", "stt_final", "llm_first_token", "tts_first_audio", "turn_total")
 
-TurnKind = Literal["user", "greeting", "dtmf"]
+TurnKind = Literal["user", "greeting", "dtmf", "text"]
 Outcome = Literal["pending", "answered", "interrupted", "no_speech", "failed", "cancelled"]
 
 
