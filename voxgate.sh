@@ -16,7 +16,7 @@ log() { printf '\033[1m[voxgate]\033[0m %s\n' "$*" >&2; }
 # Debian packages: toolchain for the Cython build, and the real peers and
 # tools the tests drive (espeak-ng synthesises the speech used in tests).
 RUN_DEBS=(python3 python3-venv python3-dev gcc espeak-ng)
-TEST_DEBS=("${RUN_DEBS[@]}" sox)
+TEST_DEBS=("${RUN_DEBS[@]}" sox chromium)
 
 install_debs() {
     local missing=()
@@ -70,7 +70,9 @@ cmd_test() {
     "$VENV/bin/mypy"
     log "pytest"
     # Benchmarks run once each as smoke tests here; `voxgate bench engine` times them.
-    # pytest exits 5 when no test ran: set -e makes that a failure.
+    # pytest exits 5 when no test ran: set -e makes that a failure.  Chromium was
+    # installed above, so the browser tests must run, not skip.
+    export VOXGATE_REQUIRE_BROWSER="${VOXGATE_REQUIRE_BROWSER:-1}"
     "$PY" -m pytest -p no:cacheprovider --benchmark-disable "$@"
 }
 
