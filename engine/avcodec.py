@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "G722_RATE_HZ",
     "G722_RTP_CLOCK_HZ",
+    "OPUS_APPLICATIONS",
     "OPUS_FRAME_MS_CHOICES",
     "OPUS_MAX_PACKET_BYTES",
     "OPUS_RATE_HZ",
@@ -61,6 +62,8 @@ OPUS_FRAME_MS_CHOICES: Final = (10, 20, 40, 60)
 """Opus frame durations accepted by :class:`OpusEncoder`."""
 
 OPUS_BITRATE_RANGE_BPS: Final = (6000, 510000)
+OPUS_APPLICATIONS: Final = ("voip", "lowdelay")
+"""libopus modes: ``voip`` (SILK/hybrid, 6.5 ms look-ahead) or ``lowdelay`` (CELT only, 2.5 ms)."""
 """Bitrates libopus accepts, in bit/s."""
 
 OPUS_MAX_PACKET_BYTES: Final = 1275 * 3 + 7
@@ -226,15 +229,23 @@ class G722Decoder(_FrameDecoder):
 
 
 class OpusEncoder(_FrameEncoder):
-    """Opus (libopus, VoIP mode) at 48 kHz: one frame of mono int16 in, one packet out.
+    """Opus (libopus) at 48 kHz: one frame of mono int16 in, one packet out.
 
     ``channels`` is the count on the wire (1 or 2); stereo sends the mono
     input on both channels.  ``bitrate_bps`` is the target bitrate in bit/s.
+    ``application`` is one of :data:`OPUS_APPLICATIONS` (``lowdelay`` saves 4 ms
+    of look-ahead: for audio that is already narrowband, like the call's).
     """
 
     rate_hz: Final = OPUS_RATE_HZ
 
-    def __init__(self, bitrate_bps: int = 32000, channels: int = 1, frame_ms: int = 20) -> None:
+    def __init__(
+        self,
+        bitrate_bps: int = 32000,
+        channels: int = 1,
+        frame_ms: int = 20,
+        application: str = "voip",
+    ) -> None:
         low, high = OPUS_BITRATE_RANGE_BPS
         if isinstance(bitrate_bps, bool) or not isinstance(bitrate_bps, int):
             raise ValueError(f"Opus: bitrate_bps must be an int, got {bitrate_bps!r}")
@@ -246,12 +257,16 @@ class OpusEncoder(_FrameEncoder):
             raise ValueError(
                 f"Opus: frame_ms must be one of {OPUS_FRAME_MS_CHOICES}, got {frame_ms!r}"
             )
+        if application not in OPUS_APPLICATIONS:
+            raise ValueError(
+                f"Opus: application must be one of {OPUS_APPLICATIONS}, got {application!r}"
+            )
         context = _open_context(
             "libopus",
             "w",
             OPUS_RATE_HZ,
             "mono" if channels == 1 else "stereo",
-            options={"application": "voip", "frame_duration": str(frame_ms)},
+            options={"application": application, "frame_duration": str(frame_ms)},
             bitrate_bps=bitrate_bps,
         )
         n_samples = ms_to_samples(frame_ms, OPUS_RATE_HZ)

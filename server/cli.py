@@ -72,6 +72,13 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--start", type=int, default=100, help="capacity search: first step")
     load.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
     load.add_argument("--max", type=int, default=3000, help="capacity search: last step")
+    webrtc = bench_kinds.add_parser(
+        "webrtc",
+        help="browser -> server -> browser round trip in headless Chromium (from a checkout)",
+    )
+    webrtc.add_argument("--bursts", type=int, default=20, help="tone bursts per run")
+    webrtc.add_argument("--rounds", type=int, default=3, help="runs of each receive buffer")
+    webrtc.add_argument("--json", type=Path, help="write the results to this JSON file")
     return parser
 
 
@@ -167,6 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "bench" and args.bench_kind == "load":
         return _bench_load(args)
+    if args.command == "bench" and args.bench_kind == "webrtc":
+        try:
+            from bench.webrtc_roundtrip import main as webrtc_roundtrip
+        except ImportError:
+            raise SystemExit("voxgate bench webrtc: run it from a voxgate checkout") from None
+        options = ["--bursts", str(args.bursts), "--rounds", str(args.rounds)]
+        return webrtc_roundtrip(options + (["--json", str(args.json)] if args.json else []))
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

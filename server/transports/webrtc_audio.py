@@ -6,9 +6,11 @@ encodes mu-law, filling a gap in the frames' presentation times (lost packets)
 with silence so the call's media time keeps pace with the caller's.
 
 Outbound, :class:`OutboundTrack` is the track aiortc sends: the call hands it
-20 ms mu-law frames, which it turns into 48 kHz frames and gives aiortc's
-sender as soon as they are queued, keeping a steady 20 ms stream (silence when
-the call has nothing to say) so the browser's jitter buffer never sees a gap.
+20 ms frames at 48 kHz, which it encodes itself (Opus in low-delay mode, in the
+event loop: no encoder thread, 4 ms less look-ahead than aiortc's encoder) and
+gives aiortc's sender as soon as they are queued, keeping a steady 20 ms stream
+(silence when the call has nothing to say) so the browser's jitter buffer never
+sees a gap.
 
 :class:`PassThroughJitterBuffer` replaces aiortc's receive buffer: it passes each
 audio packet on as it arrives, in order, instead of holding four (~80 ms).
@@ -22,15 +24,16 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
-from av import AudioFrame
+from av import AudioFrame, Packet
 
+from engine.avcodec import OpusEncoder
 from engine.g711 import ulaw_decode_into, ulaw_encode_into
 from engine.polyphase import PolyphaseResampler
 
@@ -43,6 +46,8 @@ ULAW_SILENCE: Final = 0xFF
 MAX_FILL_FRAMES: Final = 25
 """A gap longer than this (500 ms) is a restart, not loss: nothing is filled."""
 _TIME_BASE: Final = fractions.Fraction(1, WEBRTC_RATE_HZ)
+OPUS_BITRATE_BPS: Final = 32000
+"""Ample for the call's narrowband audio."""
 
 
 class InboundAudio:
@@ -104,6 +109,14 @@ def audio_frame(pcm: npt.NDArray[np.int16], pts: int) -> AudioFrame:
     return frame
 
 
+def opus_packet(payload: bytes, pts: int) -> Packet[Any]:
+    """An encoded Opus frame as aiortc's sender takes it, stamped ``pts`` samples at 48 kHz."""
+    packet = Packet(payload)
+    packet.pts = pts
+    packet.time_base = _TIME_BASE
+    return packet
+
+
 MarkCallback = Callable[[str, bool], None]
 """Told ``(name, played)`` when a mark is reached (True) or cleared away (False)."""
 
@@ -131,6 +144,7 @@ class OutboundTrack(MediaStreamTrack):
         self._due_s: float | None = None  # when the next frame is due, wall clock
         self._pts = 0
         self._silence = np.zeros(FRAME_48K, dtype=np.int16)
+        self._encoder = OpusEncoder(bitrate_bps=OPUS_BITRATE_BPS, application="lowdelay")
         self.sent_frames = 0
         self.silence_frames = 0
 
@@ -153,7 +167,7 @@ class OutboundTrack(MediaStreamTrack):
             if isinstance(item, str):
                 self._on_mark(item, False)
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -176,9 +190,9 @@ class OutboundTrack(MediaStreamTrack):
             self.silence_frames += 1
         self.sent_frames += 1
         self._due_s += FRAME_MS / 1000
-        frame = audio_frame(pcm, self._pts)
+        packet = opus_packet(self._encoder.encode(pcm), self._pts)
         self._pts += FRAME_48K
-        return frame
+        return packet
 
     def _next_frame(self) -> npt.NDArray[np.int16] | None:
         queue = self._queue

@@ -57,6 +57,7 @@
   // The live call; callbacks of an older call compare against it and do nothing.
   let session = null;
   const interim = { user: "", assistant: "" };
+  const lines = new Map(); // "role:generation" -> {entry, li} of final lines, for corrections
   const levels = { mic: LEVEL_FLOOR_DB, remote: LEVEL_FLOOR_DB };
 
   function note(message) {
@@ -170,6 +171,7 @@
     const li = transcriptItem(role, text);
     $("transcript").append(li);
     li.scrollIntoView({ block: "nearest" });
+    return li;
   }
 
   function renderInterim() {
@@ -218,6 +220,7 @@
     vg.turnState = null;
     interim.user = "";
     interim.assistant = "";
+    lines.clear();
     levels.mic = LEVEL_FLOOR_DB;
     levels.remote = LEVEL_FLOOR_DB;
     $("transcript").replaceChildren();
@@ -296,8 +299,18 @@
     }
     if (msg.final) {
       interim[role] = "";
-      vg.transcript.push({ role, text: msg.text });
-      renderTranscriptLine(role, msg.text);
+      // A later final of the same reply corrects it (cut to what was heard).
+      const generation = typeof msg.generation === "number" ? msg.generation : null;
+      const line = generation === null ? null : lines.get(`${role}:${generation}`);
+      if (line) {
+        line.entry.text = msg.text;
+        line.li.lastChild.textContent = msg.text;
+      } else {
+        const entry = { role, text: msg.text };
+        vg.transcript.push(entry);
+        const li = renderTranscriptLine(role, msg.text);
+        if (generation !== null) lines.set(`${role}:${generation}`, { entry, li });
+      }
     } else {
       interim[role] = msg.text;
     }

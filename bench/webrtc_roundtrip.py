@@ -1,0 +1,136 @@
+"""Browser -> voxgate -> browser media round trip over WebRTC on loopback.
+
+``python -m bench.webrtc_roundtrip [--bursts N] [--json PATH]``
+
+For each receive-buffer setting (aiortc's own, which holds 4 packets, and
+voxgate's pass-through), a ``voxgate serve`` with the loopback agent (every
+caller frame played straight back) runs pinned to core 0, and headless
+Chromium (core 1) opens the demo page and calls ``voxgate.measureRoundTrip``:
+tone bursts replace the microphone, and each burst's onset at a local
+AnalyserNode is timed to the echo's onset at the remote one.  Also reported,
+from the page's ``getStats()``: Chromium's own receive buffer (mean
+jitter-buffer delay) and its concealment (samples it had to invent because
+audio arrived late or not at all: "breaking up").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from server.loadgen.runner import spawn_server
+from tests.browser.chromium import Browser, find_chromium
+
+VARIANTS = {"aiortc buffer (prefetch 4)": 4, "voxgate pass-through": 0}
+RAW_AUDIO = "{echoCancellation: false, noiseSuppression: false, autoGainControl: false}"
+STATS_JS = """voxgate.pc.getStats().then((report) => {
+    const out = {};
+    report.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') Object.assign(out, {
+            jitter_buffer_ms: 1000 * s.jitterBufferDelay / Math.max(1, s.jitterBufferEmittedCount),
+            concealed_samples: s.concealedSamples, concealment_events: s.concealmentEvents,
+            samples_received: s.totalSamplesReceived, packets_lost: s.packetsLost});
+    });
+    return out;
+})"""
+
+
+async def measure(prefetch: int, bursts: int, workdir: Path) -> dict[str, Any]:
+    config = workdir / f"voxgate-{prefetch}.toml"
+    config.write_text(
+        '[agent]\nname = "loopback"\n'
+        f'[webrtc]\nice_addresses = ["127.0.0.1"]\nreceive_prefetch_frames = {prefetch}\n'
+    )
+    log = workdir / "server.log"
+    server = spawn_server(core=0, endpointing_ms=200, log_path=log, config=config)
+    base = "http" + server.url[len("ws") : -len("/twilio")]
+    try:
+        async with Browser.launch(log_path=workdir / "chromium.log") as browser:
+            page = await browser.new_page(base + "/")
+            await page.evaluate(f"voxgate.start({{audio: {RAW_AUDIO}}})", await_promise=True)
+            await asyncio.sleep(1.0)  # let both jitter buffers settle
+            before = await page.evaluate(STATS_JS, await_promise=True)
+            probe = await page.evaluate(
+                f"voxgate.measureRoundTrip({{count: {bursts}}})",
+                await_promise=True,
+                timeout_s=bursts * 4 + 30,
+            )
+            after = await page.evaluate(STATS_JS, await_promise=True)
+            await page.evaluate("voxgate.stop()", await_promise=True)
+    finally:
+        server.stop()
+    samples = sorted(probe["samples"])
+    return {
+        "receive_prefetch_frames": prefetch,
+        "bursts": probe["sent"],
+        "detected": probe["detected"],
+        "median_ms": statistics.median(samples) if samples else None,
+        "p90_ms": samples[int(0.9 * (len(samples) - 1))] if samples else None,
+        "min_ms": samples[0] if samples else None,
+        "samples_ms": probe["samples"],
+        "browser_jitter_buffer_ms": round(after.get("jitter_buffer_ms", 0.0), 1),
+        "browser_concealment_events": after.get("concealment_events", 0)
+        - before.get("concealment_events", 0),
+        "browser_concealed_ms": round(
+            (after.get("concealed_samples", 0) - before.get("concealed_samples", 0)) / 48, 1
+        ),
+    }
+
+
+async def run(bursts: int, rounds: int) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="voxgate-rtt-") as tmp:
+        for _ in range(rounds):  # alternate, so drift in machine load hits both alike
+            for name, prefetch in VARIANTS.items():
+                results[name].append(await measure(prefetch, bursts, Path(tmp)))
+    summary = {}
+    for name, runs in results.items():
+        samples = [s for r in runs for s in r["samples_ms"]]
+        summary[name] = {
+            "median_ms": statistics.median(samples),
+            "p90_ms": sorted(samples)[int(0.9 * (len(samples) - 1))],
+            "detected": sum(r["detected"] for r in runs),
+            "bursts": sum(r["bursts"] for r in runs),
+            "browser_jitter_buffer_ms": statistics.median(
+                r["browser_jitter_buffer_ms"] for r in runs
+            ),
+            "browser_concealment_events": sum(r["browser_concealment_events"] for r in runs),
+            "runs": runs,
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bursts", type=int, default=20, help="tone bursts per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    if find_chromium() is None:
+        print("chromium not found (install Debian's chromium)", file=sys.stderr)
+        return 2
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {1})  # Chromium and this driver on core 1, the server on 0
+    summary = asyncio.run(run(args.bursts, args.rounds))
+    header = ("receive buffer", "median", "p90", "detected", "browser jb", "concealed")
+    print("{:30} {:>8} {:>8} {:>9} {:>11} {:>9}".format(*header))
+    for name, s in summary.items():
+        print(
+            f"{name:30} {s['median_ms']:7.1f}ms {s['p90_ms']:7.1f}ms "
+            f"{s['detected']:>4}/{s['bursts']:<4} {s['browser_jitter_buffer_ms']:9.1f}ms "
+            f"{s['browser_concealment_events']:>9}"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
