@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 MAX_SDP_BYTES: Final = 65_536
+_MAX_NUMBER_DIGITS: Final = 10
 _LINE_TYPES: Final = frozenset("vosiuepcbtrzkam")
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only, of a sane length (``str.isdigit`` takes "²" and "٣" too)."""
+    return 0 < len(text) <= _MAX_NUMBER_DIGITS and text.isascii() and text.isdigit()
 
 
 class SdpError(ValueError):
@@ -63,7 +69,7 @@ class MediaDescription:
 
     def payload_types(self) -> list[int]:
         """The RTP payload types listed on the ``m=`` line (RTP profiles only)."""
-        return [int(f) for f in self.formats if f.isdigit()]
+        return [int(f) for f in self.formats if _is_number(f)]
 
 
 @dataclass(slots=True)
@@ -148,7 +154,7 @@ def _media_line(value: str, number: int) -> MediaDescription:
     if len(parts) < 4:
         raise SdpError(f"SDP line {number}: m= needs <media> <port> <proto> <fmt>...")
     port_text = parts[1].partition("/")[0]
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not _is_number(port_text) or int(port_text) > 65535:
         raise SdpError(f"SDP line {number}: bad port {parts[1]!r}")
     return MediaDescription(kind=parts[0], port=int(port_text), proto=parts[2], formats=parts[3:])
 
@@ -170,14 +176,14 @@ def _media_attribute(media: MediaDescription, attribute: tuple[str, str], number
     if name not in ("rtpmap", "fmtp"):
         return
     pt_text, _, rest = value.partition(" ")
-    if not pt_text.isdigit() or int(pt_text) > 127:
+    if not _is_number(pt_text) or int(pt_text) > 127:
         raise SdpError(f"SDP line {number}: a={name} has a bad payload type {pt_text[:10]!r}")
     pt = int(pt_text)
     if name == "fmtp":
         media.fmtps[pt] = rest
         return
     parts = rest.strip().split("/")
-    if len(parts) not in (2, 3) or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+    if len(parts) not in (2, 3) or not parts[0] or not all(_is_number(p) for p in parts[1:]):
         raise SdpError(f"SDP line {number}: a=rtpmap must be <pt> <encoding>/<rate>[/<channels>]")
     rate, channels = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
     if rate <= 0 or not 1 <= channels <= 8:

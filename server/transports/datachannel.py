@@ -138,6 +138,8 @@ def decode_command(data: str | bytes) -> Command:
         command = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CommandError(f"bad message: {exc}") from None
+    except UnicodeError:
+        raise CommandError("bad message: not valid UTF-8") from None
     if isinstance(command, TextCommand):
         if not command.text.strip():
             raise CommandError("empty text")

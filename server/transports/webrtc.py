@@ -74,8 +74,9 @@ class OfferError(ValueError):
 def check_offer(sdp: str, max_bytes: int) -> SessionDescription:
     """Parse an offer and check that voxgate can answer it.
 
-    It must carry an audio section offering Opus at 48 kHz, ICE credentials
-    and a DTLS fingerprint.  Raises :class:`OfferError` naming what is missing.
+    It must carry an audio section offering Opus at 48 kHz, an ``a=mid`` in every
+    section, ICE credentials and a DTLS fingerprint.  Raises :class:`OfferError`
+    naming what is missing.
     """
     if len(sdp) > max_bytes:
         raise OfferError(f"offer too large ({len(sdp)} bytes > {max_bytes})")
@@ -93,6 +94,9 @@ def check_offer(sdp: str, max_bytes: int) -> SessionDescription:
             "no supported audio codec: voxgate takes opus/48000, the offer has "
             + (", ".join(offered) or "none")
         )
+    for section in description.media:
+        if section.attribute("mid") is None:
+            raise OfferError(f"the offer's {section.kind} section has no a=mid (JSEP needs one)")
     for name, what in (("ice-ufrag", "ICE credentials"), ("fingerprint", "a DTLS fingerprint")):
         if media.attribute(name) is None and description.attribute(name) is None:
             raise OfferError(f"the offer has no {what} (a={name})")
@@ -283,22 +287,25 @@ class WebRtcSession:
         pc.on("connectionstatechange", self._on_connection_state)
         if self._policy.loopback_only:
             offer_sdp = without_candidates_outside(offer_sdp, self._policy.accepts)
+        # Our transceiver first, Opus only: aiortc takes it for the offer's audio
+        # section, and its codec preferences decide the answer.
+        ours = pc.addTransceiver(self.transport.track, direction="sendrecv")
+        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name.lower() == "opus"]
+        ours.setCodecPreferences(opus)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+        except Exception as exc:  # aiortc raises many kinds for offers it cannot take
             raise OfferError(f"the offer was refused: {exc or type(exc).__name__}") from None
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
-        if not audio:
-            raise OfferError("the offer has no audio section")
-        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name.lower() == "opus"]
-        audio[0].setCodecPreferences(opus)
-        audio[0].direction = "sendrecv"
-        audio[0].sender.replaceTrack(self.transport.track)
+        if not audio or audio[0] is not ours:
+            raise OfferError("the offer has no usable audio section")
         for extra in audio[1:]:
             extra.direction = "inactive"
         _shorten_receive_buffer(pc, self._config.receive_prefetch_frames)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise OfferError(f"no answer to this offer: {exc or type(exc).__name__}") from None
         _guard_checks(pc, self._policy)
         self.call = self._make_call(self.call_id, self.transport)
         self.call.listener = self.transport
@@ -316,8 +323,8 @@ class WebRtcSession:
             elif line.startswith("a=candidate:"):
                 try:
                     candidate = candidate_from_sdp(line[len("a=") :])
-                except (ValueError, IndexError) as exc:
-                    raise OfferError(f"bad candidate line: {exc}") from None
+                except (ValueError, IndexError, AssertionError) as exc:
+                    raise OfferError(f"bad candidate line: {exc or 'unparseable'}") from None
                 if not self._policy.accepts(candidate.ip):
                     continue
                 candidate.sdpMid = mid
