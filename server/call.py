@@ -11,6 +11,10 @@ frame or two), and the queue's passed marks after them.
 Times given to the turn machine are the call's inbound media time in ms
 (20 ms per inbound frame), since carriers stream caller audio continuously,
 silence included.  Nothing here awaits: transports buffer or drop.
+
+A transport that can show the call (a browser page) sets :attr:`Call.listener`:
+the call then publishes its turn states, the reply latency and its end, and
+the agent its transcripts and stage breakdowns (:mod:`server.callevents`).
 """
 
 from __future__ import annotations

@@ -6,12 +6,16 @@ with the caller's audio (one inbound frame, one tick), as the server does.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 
 from engine.g711 import ulaw_encode
 from engine.turn import TurnState
+from server.agents.loopback import LoopbackAgent
 from server.call import Call
+from server.callevents import CallEnded, CallEvent, StateChanged, TurnLatency
 from server.config import AgentSection
 from server.transport import Dtmf, Hangup, MarkPlayed
 from tests import speech
@@ -175,3 +179,48 @@ def test_dtmf_cuts_the_bot_off_and_hangup_ends() -> None:
     n = len(transport.log)
     run(call, wire(speech.silence(200, 8000)))
     assert len(transport.log) == n  # nothing after hangup
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.events: list[CallEvent] = []
+
+    def on_call_event(self, event: CallEvent) -> None:
+        self.events.append(event)
+
+
+def test_listener_hears_states_latency_and_the_end() -> None:
+    call, transport = make_call()
+    listener = RecordingListener()
+    call.listener = listener
+    run(call, wire(speech.silence(600, 8000)))
+    run(call, wire(speech.speech("what are your opening hours", 8000)))
+    run(call, wire(speech.silence(4000, 8000)))
+    for kind, name in transport.log:
+        if kind == "mark":  # the far end played the reply to its end
+            call.on_event(MarkPlayed(str(name), True))
+    call.on_event(Hangup("caller"))
+    states = [e.state for e in listener.events if isinstance(e, StateChanged)]
+    # Each change is published once, in order.
+    assert states[:4] == ["user_speaking", "thinking", "bot_speaking", "listening"]
+    assert all(a != b for a, b in itertools.pairwise(states))
+    latencies = [e for e in listener.events if isinstance(e, TurnLatency)]
+    assert len(latencies) == 1 and latencies[0].generation == 1
+    assert 200 <= latencies[0].latency_ms <= 400  # endpointing plus at most a few frames
+    assert listener.events[-1] == CallEnded("caller")
+
+
+def test_loopback_agent_plays_every_frame_back_without_a_barge_in() -> None:
+    transport = RecordingTransport()
+    call = Call("CA2", transport, AgentSection(), agent=LoopbackAgent)
+    frames = wire(speech.silence(400, 8000)) + wire(speech.speech("one two three", 8000))
+    frames += wire(speech.silence(1000, 8000))
+    for frame in frames:
+        before = len(transport.audio())
+        call.on_audio(frame)
+        # The frame is sent back at once, before any tick.
+        assert transport.audio()[before:] == frame
+        call.on_tick()
+    assert transport.audio() == b"".join(frames)
+    assert "clear" not in transport.kinds()
+    assert call.stats.interruptions == 0 and call.stats.turns >= 1
