@@ -72,7 +72,7 @@ cmd_test() {
     # Benchmarks run once each as smoke tests here; `voxgate bench engine` times them.
     # pytest exits 5 when no test ran: set -e makes that a failure.  Chromium was
     # installed above, so the browser tests must run, not skip.
-    export VOXGATE_REQUIRE_BROWSER="${VOXGATE_REQUIRE_BROWSER:-1}"
+    export E2E_REQUIRE_BROWSER="${E2E_REQUIRE_BROWSER:-1}"
     "$PY" -m pytest -p no:cacheprovider --benchmark-disable "$@"
 }
 

@@ -1,7 +1,7 @@
 """The headless-Chromium driver and fake-microphone files, against a real browser.
 
 Browser tests serve tiny static pages from an aiohttp test server on 127.0.0.1 and
-skip when Chromium is missing (``VOXGATE_REQUIRE_BROWSER=1`` makes that a failure).
+skip when Chromium is missing (``E2E_REQUIRE_BROWSER=1`` makes that a failure).
 """
 
 from __future__ import annotations

@@ -11,12 +11,12 @@ import pytest
 
 from tests.browser.chromium import find_chromium
 
-REQUIRE_ENV = "VOXGATE_REQUIRE_BROWSER"
+REQUIRE_ENV = "E2E_REQUIRE_BROWSER"
 
 
 def chromium_for_tests() -> str:
     """The Chromium binary for browser tests; skips the calling test when none is
-    installed, or fails it instead when ``VOXGATE_REQUIRE_BROWSER=1`` (CI)."""
+    installed, or fails it instead when ``E2E_REQUIRE_BROWSER=1`` (CI)."""
     path = find_chromium()
     if path is not None:
         return path
