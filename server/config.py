@@ -124,6 +124,103 @@ class WebRtcSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
         )
 
 
+AgentName = Literal["echo", "pipeline", "loopback"]
+
+
+class SipTrunk(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A carrier or PBX we register to and place outbound calls through."""
+
+    name: str
+    registrar: str
+    """``host[:port]`` of the registrar / outbound proxy."""
+    username: str
+    password: str
+    domain: str | None = None
+    """The domain of our address of record (default: the registrar's host)."""
+    transport: Literal["udp", "tcp"] = "udp"
+    register: bool = True
+    expires_s: int = 3600
+    """Registration lifetime asked for; we re-register at about 60 % of what is granted."""
+
+    def __post_init__(self) -> None:
+        key = f"sip.trunks[{self.name}]"
+        _check(bool(self.name), "sip.trunks.name", "must not be empty")
+        _check(bool(self.registrar), f"{key}.registrar", "must be host[:port]")
+        _check(
+            60 <= self.expires_s <= 86_400,
+            f"{key}.expires_s",
+            f"must be in 60..86400 s, got {self.expires_s}",
+        )
+
+
+class SipSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The SIP front door (UDP/TCP signalling, RTP media from a port range)."""
+
+    host: str = "127.0.0.1"
+    """Address SIP and RTP listen on."""
+    port: int = 5060
+    """SIP port (UDP and TCP); 0 turns SIP off."""
+    transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+    external_ip: str | None = None
+    """Address advertised in Contact and SDP when ``host`` is not reachable as is (NAT)."""
+    rtp_ports: str = "10000-20000"
+    """``LOW-HIGH``: even ports for RTP, each with RTCP on the next odd port."""
+    answer_delay_ms: int = 0
+    """How long a call rings (180) before the 200; a CANCEL meanwhile ends it with 487."""
+    media_timeout_s: float = 30.0
+    """No RTP for this long (not on hold) ends the call with BYE; 0: never."""
+    session_expires_s: int = 1800
+    """RFC 4028 interval offered to callers that support session timers."""
+    min_se_s: int = 90
+    routes: dict[str, AgentName] = msgspec.field(default_factory=dict)
+    """Request-URI user part -> agent; other users reach ``agent.name``."""
+    codecs: tuple[str, ...] = ("opus", "G722", "PCMU", "PCMA")
+    """Codecs we accept, by preference (the caller's order wins among them)."""
+    trunks: tuple[SipTrunk, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "sip.port", f"must be in 0..65535, got {self.port}")
+        _check(bool(self.transports), "sip.transports", "needs udp, tcp or both")
+        low, high = self.rtp_port_range
+        _check(
+            1024 <= low < high <= 65535 and high - low >= 2,
+            "sip.rtp_ports",
+            f"must be LOW-HIGH within 1024..65535 with room for one call, got {self.rtp_ports!r}",
+        )
+        _check(
+            0 <= self.answer_delay_ms <= 60_000,
+            "sip.answer_delay_ms",
+            f"must be in 0..60000 ms, got {self.answer_delay_ms}",
+        )
+        _check(
+            self.media_timeout_s >= 0,
+            "sip.media_timeout_s",
+            f"must be >= 0 (0: never), got {self.media_timeout_s}",
+        )
+        _check(
+            90 <= self.min_se_s <= self.session_expires_s,
+            "sip.min_se_s",
+            f"must be >= 90 s and <= session_expires_s, got {self.min_se_s}",
+        )
+        known = {"opus", "g722", "pcmu", "pcma"}
+        for codec in self.codecs:
+            _check(
+                codec.lower() in known,
+                "sip.codecs",
+                f"unknown codec {codec!r} (one of opus, G722, PCMU, PCMA)",
+            )
+        names = [t.name for t in self.trunks]
+        _check(len(set(names)) == len(names), "sip.trunks", "two trunks share a name")
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        """``(low, high)`` of :attr:`rtp_ports`; ``(0, 0)`` if it does not parse."""
+        low, sep, high = self.rtp_ports.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            return 0, 0
+        return int(low), int(high)
+
+
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Answer in one or two short, "
     "plain spoken sentences: no lists, no markdown, no emoji."
@@ -131,7 +228,7 @@ DEFAULT_INSTRUCTIONS = (
 
 
 class AgentSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    name: Literal["echo", "pipeline", "loopback"] = "pipeline"
+    name: AgentName = "pipeline"
     """``pipeline``: STT -> LLM -> TTS; ``echo``: plays the caller's utterance back;
     ``loopback``: plays every caller frame straight back (a media echo test)."""
     endpointing_ms: int = 200
@@ -217,6 +314,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     twilio: TwilioSection = msgspec.field(default_factory=TwilioSection)
     webrtc: WebRtcSection = msgspec.field(default_factory=WebRtcSection)
+    sip: SipSection = msgspec.field(default_factory=SipSection)
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     budgets: BudgetsSection = msgspec.field(default_factory=BudgetsSection)
     providers: ProvidersSection = msgspec.field(default_factory=ProvidersSection)
@@ -254,11 +352,16 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any, source: str) ->
     node[path[-1]] = value
 
 
+ENV_ALIASES = {"VOXGATE_SIP_PORT": "VOXGATE_SIP__PORT"}
+"""Documented short names of some variables."""
+
+
 def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+    for given, value in environ.items():
+        if not given.startswith(ENV_PREFIX) or given == ENV_PREFIX:
             continue
+        name = ENV_ALIASES.get(given, given)
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if any(not p for p in path):
             raise ConfigError(f"{name}: empty key part (use __ between levels)")
