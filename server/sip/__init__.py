@@ -1,0 +1,1 @@
+"""SIP signalling: messages, digest auth, transactions, dialogs and the SIP front door."""
