@@ -12,7 +12,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server.sdp import MAX_SDP_BYTES, SdpError, parse_sdp
+from server.sdp import (
+    DIRECTIONS,
+    MAX_SDP_BYTES,
+    MediaDescription,
+    Origin,
+    RtpMap,
+    SdpError,
+    SessionDescription,
+    format_sdp,
+    parse_sdp,
+)
 
 # A Chromium-style WebRTC offer (audio + data channel), values made up for the test.
 CHROMIUM_OFFER: Final = "\r\n".join(
@@ -313,3 +323,252 @@ def _mutated(draw: st.DrawFn, offer: str) -> str:
 def test_fuzz_mutated_offers(text: str) -> None:
     _parses_or_refuses(text)
     _parses_or_refuses(text.encode())
+
+
+# -- writing and round trips ---------------------------------------------------------------
+
+
+def test_format_writes_canonical_order_with_crlf() -> None:
+    # t= before c= and b= in the input; the output puts them in RFC 8866 order.
+    text = "\n".join(
+        [
+            "v=0",
+            "o=alice 2890844526 2890844527 IN IP4 192.0.2.10",
+            "s=Talk",
+            "i=dropped: session information",
+            "t=0 0",
+            "t=3034423619 3042462419",
+            "b=AS:64",
+            "c=IN IP4 192.0.2.10/127",
+            "a=recvonly",
+            "m=audio 49170/2 RTP/AVP 0  101",
+            "b=TIAS:64000",
+            "c=IN IP6 2001:db8::1",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=fmtp:101 0-16",
+            "a=rtcp:",
+            "",
+        ]
+    )
+    sdp = parse_sdp(text)
+    assert sdp.timing == "0 0"
+    assert sdp.bandwidths == ["AS:64"]
+    assert sdp.media[0].bandwidths == ["TIAS:64000"]
+    assert format_sdp(sdp) == (
+        "v=0\r\n"
+        "o=alice 2890844526 2890844527 IN IP4 192.0.2.10\r\n"
+        "s=Talk\r\n"
+        "c=IN IP4 192.0.2.10\r\n"
+        "b=AS:64\r\n"
+        "t=0 0\r\n"
+        "a=recvonly\r\n"
+        "m=audio 49170 RTP/AVP 0 101\r\n"
+        "c=IN IP6 2001:db8::1\r\n"
+        "b=TIAS:64000\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+        "a=fmtp:101 0-16\r\n"
+        "a=rtcp\r\n"
+    )
+    assert sdp.serialize() == format_sdp(sdp).encode()
+    assert parse_sdp(sdp.serialize()) == sdp
+
+
+@pytest.mark.parametrize("text", [CHROMIUM_OFFER, SIP_OFFER, HEAD])
+def test_round_trip_of_real_offers(text: str) -> None:
+    sdp = parse_sdp(text)
+    assert parse_sdp(format_sdp(sdp)) == sdp
+    assert format_sdp(parse_sdp(format_sdp(sdp))) == format_sdp(sdp)
+
+
+def test_session_without_t_line_gets_an_unbounded_one() -> None:
+    sdp = parse_sdp("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n")
+    assert sdp.timing == "0 0"
+    assert format_sdp(sdp) == "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+
+def test_built_description_serializes() -> None:
+    media = MediaDescription("audio", 40000, "RTP/AVP", ["0"])
+    media.add_rtpmap(RtpMap(0, "PCMU", 8000))
+    media.add_attribute("ptime", "20")
+    media.add_attribute("sendrecv")
+    assert media.rtpmaps == {0: RtpMap(0, "PCMU", 8000)}
+    origin = Origin("-", "42", 7, address="127.0.0.1")
+    sdp = SessionDescription(origin.value(), "-", "127.0.0.1", media=[media])
+    assert sdp.serialize() == (
+        b"v=0\r\no=- 42 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+    assert parse_sdp(sdp.serialize()) == sdp
+    assert RtpMap(96, "opus", 48000, 2).value() == "96 opus/48000/2"
+
+
+def test_add_attribute_checks_rtpmap_and_fmtp() -> None:
+    media = MediaDescription("audio", 9, "RTP/AVP", ["0"])
+    with pytest.raises(SdpError, match="a=rtpmap must be"):
+        media.add_attribute("rtpmap", "0 PCMU")
+    with pytest.raises(SdpError, match="bad payload type"):
+        media.add_attribute("fmtp", "300 x=1")
+    assert media.attributes == [] and media.rtpmaps == {} and media.fmtps == {}
+    media.add_attribute("fmtp", "0 x=1")
+    assert media.fmtps == {0: "x=1"}
+
+
+@pytest.mark.parametrize(
+    "field", ["session_name", "origin", "connection", "timing", "attribute", "format"]
+)
+def test_format_refuses_line_injection(field: str) -> None:
+    sdp = parse_sdp(SIP_OFFER)
+    evil = "x\r\na=inactive"
+    if field == "attribute":
+        sdp.media[0].attributes.append(("tool", evil))
+    elif field == "format":
+        sdp.media[0].formats.append(evil)
+    else:
+        setattr(sdp, field, evil)
+    with pytest.raises(SdpError, match="CR, LF or NUL"):
+        format_sdp(sdp)
+
+
+# -- accessors -----------------------------------------------------------------------------
+
+
+def test_origin_fields() -> None:
+    origin = parse_sdp(CHROMIUM_OFFER).origin_fields()
+    assert origin == Origin("-", "5713937781256374051", 2, "IN", "IP4", "127.0.0.1")
+    assert origin.value() == parse_sdp(CHROMIUM_OFFER).origin
+    big = parse_sdp(HEAD.replace("- 1 1", "- 1 18446744073709551615"))
+    assert big.origin_fields().session_version == 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("origin", "reason"),
+    [
+        ("- 1 1 IN IP4", "line 2: o= needs <user>"),
+        ("- 1 1 IN IP4 127.0.0.1 extra", "o= needs"),
+        ("", "o= needs"),
+        ("- 1 v2 IN IP4 127.0.0.1", "bad session version 'v2'"),
+        ("- 1 -1 IN IP4 127.0.0.1", "bad session version"),
+        ("- 1 \u0663 IN IP4 127.0.0.1", "bad session version"),
+        ("- 1 " + "9" * 21 + " IN IP4 127.0.0.1", "bad session version"),
+    ],
+)
+def test_origin_refusals(origin: str, reason: str) -> None:
+    with pytest.raises(SdpError, match=reason):
+        parse_sdp(f"v=0\r\no={origin}\r\ns=-\r\n")
+
+
+def test_origin_fields_of_a_built_description_can_fail() -> None:
+    with pytest.raises(SdpError, match="SDP: o= needs"):
+        SessionDescription("nonsense", "-").origin_fields()
+
+
+@pytest.mark.parametrize("junk", ["a=tool:x\ry", "a=tool:x\x00", "s=\r-"])
+def test_bare_cr_and_nul_are_refused(junk: str) -> None:
+    with pytest.raises(SdpError, match="bare CR or a NUL"):
+        parse_sdp(HEAD + junk + "\n")
+
+
+def test_direction_media_over_session_default_sendrecv() -> None:
+    sdp = parse_sdp(
+        HEAD + "a=sendonly\r\nm=audio 9 RTP/AVP 0\r\nm=audio 9 RTP/AVP 0\r\na=inactive\r\n"
+    )
+    first, second = sdp.media
+    assert (first.direction, second.direction) == (None, "inactive")
+    assert sdp.direction_for(first) == "sendonly"
+    assert sdp.direction_for(second) == "inactive"
+    plain = parse_sdp(HEAD + "m=audio 9 RTP/AVP 0\r\na=recvonly\r\na=sendrecv\r\n")
+    assert plain.direction_for(plain.media[0]) == "recvonly"  # the first one counts
+    bare = parse_sdp(HEAD + "m=audio 9 RTP/AVP 0\r\n")
+    assert bare.direction_for(bare.media[0]) == "sendrecv"
+    assert DIRECTIONS == ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        ("20", 20),
+        ("30", 30),
+        ("20.0", 20),
+        (" 40 ", 40),
+        ("20.", 20),
+        ("x", None),
+        ("", None),
+        ("-20", None),
+        (".5", None),
+        ("2.5.1", None),
+        ("\u00b2", None),
+        ("9" * 11, None),
+    ],
+)
+def test_ptime_and_maxptime(value: str, ms: int | None) -> None:
+    media = parse_sdp(HEAD + f"m=audio 9 RTP/AVP 0\r\na=ptime:{value}\r\na=maxptime:{value}\r\n")
+    assert media.media[0].ptime_ms == ms
+    assert media.media[0].maxptime_ms == ms
+
+
+def test_no_ptime() -> None:
+    media = parse_sdp(HEAD + "m=audio 9 RTP/AVP 0\r\n").media[0]
+    assert media.ptime_ms is None and media.maxptime_ms is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "port", "address", "mux"),
+    [
+        ("m=audio 49170 RTP/AVP 0", 49171, None, False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:53020", 53020, None, False),
+        (
+            "m=audio 49170 RTP/AVP 0\r\na=rtcp:53020 IN IP4 198.51.100.7",
+            53020,
+            "198.51.100.7",
+            False,
+        ),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:53020 IN IP6 2001:db8::7", 53020, "2001:db8::7", False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:0", 49171, None, False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:99999", 49171, None, False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:x IN IP4 1.2.3.4", 49171, "1.2.3.4", False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp:53020 IN IP9 1.2.3.4", 53020, None, False),
+        ("m=audio 49170 RTP/AVP 0\r\na=rtcp-mux", 49171, None, True),
+        ("m=audio 0 RTP/AVP 0\r\na=rtcp:53020", 0, None, False),
+        ("m=audio 65535 RTP/AVP 0", 65535, None, False),
+    ],
+)
+def test_rtcp_port_address_and_mux(lines: str, port: int, address: str | None, mux: bool) -> None:
+    media = parse_sdp(HEAD + lines + "\r\n").media[0]
+    assert (media.rtcp_port, media.rtcp_address, media.rtcp_mux) == (port, address, mux)
+
+
+def test_connection_media_over_session() -> None:
+    sdp = parse_sdp(
+        HEAD + "c=IN IP4 192.0.2.1\r\nm=audio 9 RTP/AVP 0\r\nm=audio 9 RTP/AVP 0\r\n"
+        "c=IN IP4 198.51.100.2\r\n"
+    )
+    assert [sdp.connection_for(m) for m in sdp.media] == ["192.0.2.1", "198.51.100.2"]
+    assert parse_sdp(HEAD + "m=audio 9 RTP/AVP 0\r\n").connection_for(sdp.media[0]) is None
+
+
+# -- round-trip fuzzing --------------------------------------------------------------------
+
+
+def _round_trips(text: str | bytes) -> None:
+    try:
+        sdp = parse_sdp(text)
+    except SdpError:
+        return
+    written = format_sdp(sdp)
+    assert parse_sdp(written) == sdp
+    assert format_sdp(parse_sdp(written)) == written
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_mutated(CHROMIUM_OFFER), _mutated(SIP_OFFER)))
+def test_fuzz_round_trip_of_mutated_offers(text: str) -> None:
+    _round_trips(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=_SAFE_CHARS, max_size=300))
+@example("v=0\no=- 1 1 IN IP4 x\ns=\u0085\nm=a 1 b c\u2028d\na=:\n")
+def test_fuzz_round_trip_of_random_text(text: str) -> None:
+    _round_trips("v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\n" + text)
