@@ -16,7 +16,7 @@ log() { printf '\033[1m[voxgate]\033[0m %s\n' "$*" >&2; }
 # Debian packages: toolchain for the Cython build, and the real peers and
 # tools the tests drive (espeak-ng synthesises the speech used in tests).
 RUN_DEBS=(python3 python3-venv python3-dev gcc espeak-ng)
-TEST_DEBS=("${RUN_DEBS[@]}" sox chromium)
+TEST_DEBS=("${RUN_DEBS[@]}" sox chromium sip-tester baresip-core)
 
 install_debs() {
     local missing=()
@@ -71,8 +71,9 @@ cmd_test() {
     log "pytest"
     # Benchmarks run once each as smoke tests here; `voxgate bench engine` times them.
     # pytest exits 5 when no test ran: set -e makes that a failure.  Chromium was
-    # installed above, so the browser tests must run, not skip.
+    # installed above, so the browser and SIP peer tests must run, not skip.
     export E2E_REQUIRE_BROWSER="${E2E_REQUIRE_BROWSER:-1}"
+    export E2E_REQUIRE_PEERS="${E2E_REQUIRE_PEERS:-1}"   # sipp and baresip likewise
     "$PY" -m pytest -p no:cacheprovider --benchmark-disable "$@"
 }
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import msgspec
 from aiohttp import web
@@ -20,11 +21,20 @@ from server.config import Config
 from server.mediaclock import MediaClock
 from server.metrics import Metrics
 from server.providers.registry import Chains, ProviderSet
+from server.sip_route import add_sip
 from server.transport import Transport
 from server.twilio_route import media_stream, voice_webhook
 from server.webrtc_route import add_routes as add_webrtc_routes
 
 log = logging.getLogger(__name__)
+
+
+class Ticker(Protocol):
+    """Media driven by the clock: ``before_tick`` feeds the calls, ``after_tick`` follows them."""
+
+    def before_tick(self, media_ms: int) -> None: ...
+
+    def after_tick(self) -> None: ...
 
 
 class CallRegistry:
@@ -38,6 +48,8 @@ class CallRegistry:
         self.agent_factory: AgentFactory | None = None
         """Builds each call's agent; None: the echo agent."""
         self.draining = False
+        self.tickers: list[Ticker] = []
+        """Media that moves with the clock around the calls' tick (RTP sessions)."""
         self.clock = MediaClock(self._tick)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -53,8 +65,10 @@ class CallRegistry:
             return "full"
         return None
 
-    def open_call(self, call_id: str, transport: Transport) -> Call:
-        """A new call on ``transport`` with the configured agent, registered."""
+    def open_call(
+        self, call_id: str, transport: Transport, *, agent: AgentFactory | None = None
+    ) -> Call:
+        """A new call on ``transport``, registered; ``agent`` overrides the configured one."""
         config = self.config
         call = Call(
             call_id,
@@ -62,7 +76,7 @@ class CallRegistry:
             config.agent,
             lead_frames=config.server.outbound_lead_frames,
             observer=self.metrics,
-            agent=self.agent_factory,
+            agent=agent or self.agent_factory,
             eou_budget_ms=config.budgets.eou_ms,
         )
         self.add(call)
@@ -84,8 +98,12 @@ class CallRegistry:
             self._idle.set()
 
     def _tick(self, tick: int, media_ms: int) -> None:
+        for ticker in self.tickers:
+            ticker.before_tick(media_ms)
         for call in list(self.calls.values()):
             call.on_tick()
+        for ticker in self.tickers:
+            ticker.after_tick()
         stats = self.clock.stats
         self.metrics.clock_lateness.observe(max(0.0, stats.late_ms_last) / 1000)
 
@@ -162,6 +180,7 @@ def build_app(config: Config) -> web.Application:
         app.cleanup_ctx.append(_pipeline(registry))
     elif config.agent.name == "loopback":
         registry.agent_factory = LoopbackAgent
+    add_sip(app, registry)  # after the pipeline's providers: calls may come at once
     app.on_startup.append(start_clock)
     app.on_cleanup.append(stop_clock)
     return app

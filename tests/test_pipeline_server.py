@@ -35,7 +35,9 @@ def level_dbfs(ulaw: bytes) -> float:
 
 
 async def test_offline_agent_greets_and_answers(aiohttp_server: AiohttpServer) -> None:
-    server = await aiohttp_server(build_app(load_config(environ={})), host="127.0.0.1")
+    server = await aiohttp_server(
+        build_app(load_config(environ={"VOXGATE_SIP__PORT": "0"})), host="127.0.0.1"
+    )
     base = str(server.make_url("/"))
     received: list[tuple[int, bytes]] = []  # (frame index when received, payload)
     sent = 0

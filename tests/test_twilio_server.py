@@ -68,7 +68,7 @@ def media_message(seq: int, chunk: int, payload: bytes) -> str:
 
 def echo_config(**environ: str) -> Config:
     """The configuration with the echo agent (these tests check the reply bit for bit)."""
-    return load_config(environ=environ, overrides={"agent.name": "echo"})
+    return load_config(environ=environ, overrides={"agent.name": "echo", "sip.port": 0})
 
 
 async def serve(aiohttp_server: AiohttpServer, config: Config) -> TestServer:

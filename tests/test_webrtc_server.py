@@ -46,6 +46,7 @@ def make_config(extra: dict[str, Any] | None = None) -> Config:
         "agent.name": "loopback",
         "webrtc.ice_addresses": ["127.0.0.1"],
         "webrtc.connect_timeout_s": 1.0,
+        "sip.port": 0,
     }
     return load_config(environ={}, overrides=overrides | (extra or {}))
 

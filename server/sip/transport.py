@@ -61,20 +61,21 @@ Handler = Callable[[Message, Peer], None]
 
 
 class SipTransport:
-    """UDP and/or TCP listeners on ``host:port`` feeding ``handler``."""
+    """UDP and/or TCP listeners on ``host:port`` feeding :attr:`handler`."""
 
     def __init__(
         self,
         host: str,
         port: int,
         transports: tuple[TransportName, ...],
-        handler: Handler,
+        handler: Handler | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.host = host
         self.port = port
         self.transports = transports
-        self._handler = handler
+        self.handler = handler
+        """Where parsed messages go; messages arriving while it is ``None`` are dropped."""
         self.max_message_bytes = max_message_bytes
         self.stats = TransportStats()
         self._udp: asyncio.DatagramTransport | None = None
@@ -153,8 +154,10 @@ class SipTransport:
                 log.debug("SIP from %s:%d dropped: %s", peer.address[0], peer.address[1], exc)
                 return
         self.stats.received += 1
+        if self.handler is None:
+            return
         try:
-            self._handler(message, peer)
+            self.handler(message, peer)
         except Exception:
             # A bug in handling one message must not take the listener down.
             log.exception("SIP handler failed on a message from %s:%d", *peer.address)

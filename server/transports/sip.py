@@ -1,0 +1,262 @@
+"""A SIP call joined to the call model: offer/answer, its RTP session and its Call.
+
+:class:`SipCall` is the :class:`server.sip.ua.InviteSession` the user agent
+drives for each INVITE, and the :class:`server.transport.Transport` its
+:class:`server.call.Call` sends through.  The RTP session is ticked by the
+media clock around the calls' own tick (:class:`SipMedia` is the registry's
+ticker): inbound audio leaves the jitter buffer, the call runs, and a tick
+without outbound audio sends silence so the stream never pauses.
+
+The agent answering is chosen by the Request-URI's user part (``[sip] routes``,
+default ``agent.name``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from server.agents.loopback import LoopbackAgent
+from server.call import AgentFactory, Call
+from server.config import SipSection
+from server.rtp.portpool import PortPair, PortPool, PortsExhausted
+from server.rtp.session import RtpSession
+from server.sdp import SdpError, parse_sdp
+from server.sip.message import Request
+from server.sip.offeranswer import Negotiated, Negotiation, OfferAnswerError
+from server.sip.ua import CallControl, MediaRefused, Refused
+from server.transport import CallStarted, Dtmf, Hangup, MarkPlayed
+
+if TYPE_CHECKING:
+    from server.app import CallRegistry
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_LABEL: Final = "sip"
+
+
+class SipMedia:
+    """Every live SIP call's RTP session, ticked by the media clock."""
+
+    def __init__(self) -> None:
+        self.calls: set[SipCall] = set()
+
+    def before_tick(self, media_ms: int) -> None:
+        for call in list(self.calls):
+            call.before_tick(media_ms)
+
+    def after_tick(self) -> None:
+        for call in list(self.calls):
+            call.after_tick()
+
+
+class SipCall:
+    """One answered (or ringing) INVITE: see the module docstring."""
+
+    def __init__(
+        self,
+        invite: Request,
+        control: CallControl,
+        *,
+        registry: CallRegistry,
+        config: SipSection,
+        pool: PortPool,
+        media: SipMedia,
+        agent: AgentFactory | None,
+    ) -> None:
+        self.call_id = invite.call_id or secrets.token_hex(8)
+        self._control = control
+        self._registry = registry
+        self._config = config
+        self._pool = pool
+        self._media = media
+        self._agent = agent
+        self._user = invite.request_uri().user or ""
+        self._pair: PortPair | None = None
+        self._negotiation: Negotiation | None = None
+        self.rtp: RtpSession | None = None
+        self.call: Call | None = None
+        self._sent_this_tick = False
+        self._ended = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- InviteSession ----------------------------------------------------------------
+
+    def answer(self, offer: bytes | None) -> bytes:
+        try:
+            self._pair = self._pool.acquire()
+        except PortsExhausted as exc:
+            raise MediaRefused(str(exc), 399) from None
+        local_ip = self._config.external_ip or self._config.host
+        self._negotiation = Negotiation(
+            local_ip=local_ip,
+            rtp_port=self._pair.rtp_port,
+            session_id=secrets.randbelow(2**31),
+            preferences=self._config.codecs,
+        )
+        if offer is None:
+            return self._negotiation.offer().serialize()
+        try:
+            answer = self._negotiation.answer(parse_sdp(offer))
+        except (SdpError, OfferAnswerError) as exc:
+            self._release()
+            code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
+            raise MediaRefused(str(exc), code) from None
+        self._start(answer.media)
+        return answer.serialize()
+
+    def confirmed(self, ack_body: bytes) -> None:
+        if self.rtp is not None or self._negotiation is None or self._ended:
+            return
+        try:  # delayed offer: the answer is in the ACK
+            media = self._negotiation.accept(parse_sdp(ack_body))
+        except (SdpError, OfferAnswerError) as exc:
+            log.info("call %s: unusable answer in the ACK (%s): hanging up", self.call_id, exc)
+            self._control.hangup("bad_ack_sdp")
+            return
+        self._start(media)
+
+    def update(self, offer: bytes | None) -> bytes:
+        negotiation = self._negotiation
+        if negotiation is None:
+            raise MediaRefused("no session to update", 399)
+        if offer is None:
+            return negotiation.offer().serialize()
+        try:
+            answer = negotiation.answer(parse_sdp(offer))
+        except (SdpError, OfferAnswerError) as exc:
+            code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
+            raise MediaRefused(str(exc), code) from None
+        if self.rtp is not None:
+            self.rtp.update(answer.media)
+        return answer.serialize()
+
+    def ended(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._media.calls.discard(self)
+        call = self.call
+        if call is not None:
+            call.on_event(Hangup(reason))
+            self._registry.remove(call, TRANSPORT_LABEL, reason)
+        if self.rtp is not None:
+            rtp, self.rtp = self.rtp, None
+            rtp.close(reason)  # RTCP BYE with the reason
+        self._release()
+
+    # -- media -----------------------------------------------------------------------
+
+    def _start(self, media: Negotiated) -> None:
+        pair = self._pair
+        assert pair is not None
+        self.rtp = RtpSession(
+            pair,
+            media,
+            on_audio=self._on_audio,
+            on_dtmf=self._on_dtmf,
+            on_timeout=self._on_media_timeout,
+            media_timeout_s=self._config.media_timeout_s,
+            cname=f"voxgate@{self._config.host}",
+        )
+        self._loop.create_task(self.rtp.start())
+        self.call = self._registry.open_call(self.call_id, self, agent=self._agent)
+        self._media.calls.add(self)
+        self.call.on_event(
+            CallStarted(
+                self.call_id,
+                self.call_id,
+                media.codec.name,
+                media.codec.audio_rate_hz,
+                {"transport": "sip", "user": self._user},
+            )
+        )
+
+    def _release(self) -> None:
+        if self._pair is not None:
+            self._pool.release(self._pair)
+            self._pair = None
+
+    def before_tick(self, media_ms: int) -> None:
+        self._sent_this_tick = False
+        if self.rtp is not None:
+            self.rtp.on_tick(media_ms)
+
+    def after_tick(self) -> None:
+        if self.rtp is not None and not self._sent_this_tick:
+            self.rtp.end_tick()
+
+    def _on_audio(self, ulaw: bytes) -> None:
+        if self.call is not None:
+            self.call.on_audio(ulaw)
+
+    def _on_dtmf(self, digit: str) -> None:
+        if self.call is not None:
+            self.call.on_event(Dtmf(digit))
+
+    def _on_media_timeout(self) -> None:
+        log.info(
+            "call %s: no RTP for %.0f s: hanging up", self.call_id, self._config.media_timeout_s
+        )
+        self._control.hangup("media_timeout")
+
+    # -- Transport (the Call's outbound side) ----------------------------------------------
+
+    def send_audio(self, frame: bytes) -> None:
+        if self.rtp is not None:
+            self._sent_this_tick = True
+            self.rtp.send_frame(frame)
+
+    def clear(self) -> None:
+        if self.rtp is not None:
+            self.rtp.clear()  # barge-in: frames not yet on the wire are dropped
+
+    def mark(self, name: str) -> None:
+        # Frames before the mark have been sent; it is reported after this tick.
+        self._loop.call_soon(self._mark_played, name)
+
+    def _mark_played(self, name: str) -> None:
+        if self.call is not None and not self._ended:
+            self.call.on_event(MarkPlayed(name, True))
+
+    def hangup(self) -> None:
+        self._control.hangup("local")
+
+
+def session_factory(
+    registry: CallRegistry, config: SipSection, pool: PortPool, media: SipMedia
+) -> Callable[[Request, CallControl], SipCall]:
+    """The user agent's :data:`server.sip.ua.SessionFactory` for this server."""
+
+    def make(invite: Request, control: CallControl) -> SipCall:
+        refusal = registry.refusal()
+        if refusal is not None:
+            registry.metrics.refused_calls.labels(refusal).inc()
+            raise Refused(503 if refusal == "draining" else 486, retry_after_s=5)
+        user = invite.request_uri().user or ""
+        name = config.routes.get(user, config.routes.get("*", registry.config.agent.name))
+        return SipCall(
+            invite,
+            control,
+            registry=registry,
+            config=config,
+            pool=pool,
+            media=media,
+            agent=agent_for(registry, name),
+        )
+
+    return make
+
+
+def agent_for(registry: CallRegistry, name: str) -> AgentFactory | None:
+    """The agent factory for ``name``; ``None`` is the echo agent (the call's default)."""
+    if name == "loopback":
+        return LoopbackAgent
+    if name == "echo":
+        return None
+    if registry.agent_factory is None or registry.config.agent.name != "pipeline":
+        raise Refused(480, "the pipeline agent is not running")
+    return registry.agent_factory
