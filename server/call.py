@@ -357,6 +357,10 @@ class Call:
             self.publish(Transcript("user", text, final=False))
             self._apply(self.turn.on_transcript(text, is_final, self._inbound_ms))
 
+    def send_dtmf(self, digits: str) -> bool:
+        """Send keys to the far end through the transport (False: it cannot)."""
+        return not self.ended and self.transport.send_dtmf(digits)
+
     def publish(self, event: CallEvent) -> None:
         """Hand ``event`` to the call's listener, if any."""
         if self.listener is not None:

@@ -76,7 +76,8 @@ class Transport(Protocol):
     ``send_audio`` takes one frame already encoded in the transport's wire
     codec; ``clear`` empties the far end's buffer (barge-in); ``mark`` asks to
     be told (by a :class:`MarkPlayed`) when everything sent so far has played;
-    ``hangup`` ends the call, idempotently.  None of them may block the media
+    ``send_dtmf`` sends keys (``0-9 * # A-D``) and says False when the front
+    door has no way to; ``hangup`` ends the call, idempotently.  None of them may block the media
     clock: a slow peer is the transport's problem to detect and drop.
     """
 
@@ -85,5 +86,7 @@ class Transport(Protocol):
     def clear(self) -> None: ...
 
     def mark(self, name: str) -> None: ...
+
+    def send_dtmf(self, digits: str) -> bool: ...
 
     def hangup(self) -> None: ...

@@ -61,6 +61,9 @@ class TwilioSocketTransport:
         if self._stream.can_send:
             self._put(self._stream.mark_message(name))
 
+    def send_dtmf(self, digits: str) -> bool:
+        return False  # Media Streams carry no keys toward the caller
+
     def hangup(self) -> None:
         """Close the socket (Twilio then runs the TwiML after ``<Connect>``); idempotent."""
         if not self._sender.closed:

@@ -36,6 +36,10 @@ class RecordingTransport:
     def mark(self, name: str) -> None:
         self.log.append(("mark", name))
 
+    def send_dtmf(self, digits: str) -> bool:
+        self.log.append(("dtmf", digits))
+        return True
+
     def hangup(self) -> None:
         self.log.append(("hangup", None))
 
@@ -174,6 +178,7 @@ def test_dtmf_cuts_the_bot_off_and_hangup_ends() -> None:
     run(call, wire(speech.silence(400, 8000)))
     call.on_event(Dtmf("5"))
     assert "clear" in transport.kinds()
+    assert ("dtmf", "5") in transport.log  # the echo agent plays keys back too
     call.on_event(Hangup("stop"))
     assert call.ended
     n = len(transport.log)

@@ -57,6 +57,10 @@ class CallControl(Protocol):
         """End the call from our side."""
         ...
 
+    def send_dtmf(self, digits: str) -> bool:
+        """Play keys to the far end (RFC 4733 on SIP); False where the front door cannot."""
+        ...
+
     def publish(self, event: CallEvent) -> None:
         """Show ``event`` to the far end, when its transport can (a browser page)."""
         ...

@@ -1,4 +1,4 @@
-"""The echo agent: plays the caller's utterance back exactly as heard.
+"""The echo agent: plays the caller's utterance (and keys) back exactly as heard.
 
 It keeps the last ``history_ms`` of the caller's wire audio (mu-law bytes, as
 received) indexed by the call's inbound media time, and answers a turn with
@@ -97,7 +97,7 @@ class EchoAgent:
         control.finish(generation)
 
     def on_dtmf(self, digit: str) -> None:
-        pass
+        self._control.send_dtmf(digit)  # keys are echoed too, where the line carries them
 
     def on_text(self, text: str) -> None:
         pass  # nothing to echo: the caller's voice is the only thing it plays

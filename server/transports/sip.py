@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 from server.agents.loopback import LoopbackAgent
 from server.call import AgentFactory, Call
 from server.config import SipSection
+from server.rtp.dtmf import DtmfError
 from server.rtp.portpool import PortPair, PortPool, PortsExhausted
 from server.rtp.session import RtpSession
 from server.sdp import SdpError, parse_sdp
@@ -221,6 +222,17 @@ class SipCall:
     def _mark_played(self, name: str) -> None:
         if self.call is not None and not self._ended:
             self.call.on_event(MarkPlayed(name, True))
+
+    def send_dtmf(self, digits: str) -> bool:
+        """RFC 4733 events on the call's RTP stream, if telephone-event was negotiated."""
+        if self.rtp is None:
+            return False
+        try:
+            self.rtp.send_digits(digits)
+        except DtmfError as exc:
+            log.info("call %s: cannot send DTMF %r: %s", self.call_id, digits, exc)
+            return False
+        return True
 
     def hangup(self) -> None:
         self._control.hangup("local")

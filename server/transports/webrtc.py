@@ -233,6 +233,9 @@ class WebRtcTransport:
     def mark(self, name: str) -> None:
         self.track.mark(name)
 
+    def send_dtmf(self, digits: str) -> bool:
+        return False  # the page has no keypad to play to
+
     def hangup(self) -> None:
         """The call hangs up: close the connection (the call ends itself)."""
         self._session.close("local_hangup", end_call=False)
