@@ -229,15 +229,23 @@ async def serve(config: Config) -> int:
     await site.start()
     host, port = config.server.host, config.server.port
     log.info("voxgate listening on http://%s:%d", host, port)
-    print(
-        f"voxgate: listening on http://{host}:{port}\n"
-        f"  browser: http://{host}:{port}/ (WebRTC offers: POST /webrtc/offer, WHIP: /whip)\n"
+    lines = [
+        f"voxgate: listening on http://{host}:{port}",
+        f"  browser: http://{host}:{port}/ (WebRTC offers: POST /webrtc/offer, WHIP: /whip)",
         f"  Twilio Media Streams: ws://{host}:{port}/twilio "
-        f"(webhook: POST http://{host}:{port}/twilio/voice)\n"
-        f"  agent: {config.agent.name}  calls: /calls/{{id}}\n"
-        f"  health: /healthz  readiness: /readyz  metrics: /metrics",
-        flush=True,
-    )
+        f"(webhook: POST http://{host}:{port}/twilio/voice)",
+    ]
+    sip = config.sip
+    if sip.port:
+        lines.append(
+            f"  SIP: sip:{config.agent.name}@{sip.host}:{sip.port} "
+            f"({'+'.join(sip.transports)}; RTP ports {sip.rtp_ports})"
+        )
+    lines += [
+        f"  agent: {config.agent.name}  calls: /calls/{{id}}",
+        "  health: /healthz  readiness: /readyz  metrics: /metrics",
+    ]
+    print("\n".join(lines), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
