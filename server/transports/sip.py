@@ -247,7 +247,8 @@ def session_factory(
         refusal = registry.refusal()
         if refusal is not None:
             registry.metrics.refused_calls.labels(refusal).inc()
-            raise Refused(503 if refusal == "draining" else 486, retry_after_s=5)
+            # Full or draining: 503 with Retry-After sends the caller elsewhere (RFC 3261 §21.5.4).
+            raise Refused(503, f"Service Unavailable ({refusal})", retry_after_s=5)
         user = invite.request_uri().user or ""
         name = config.routes.get(user, config.routes.get("*", registry.config.agent.name))
         return SipCall(
