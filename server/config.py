@@ -169,6 +169,11 @@ class SipSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     """How long a call rings (180) before the 200; a CANCEL meanwhile ends it with 487."""
     media_timeout_s: float = 30.0
     """No RTP for this long (not on hold) ends the call with BYE; 0: never."""
+    rtp_wait_for_peer: bool = False
+    """Send RTP only once the caller's own RTP arrived, to where it came from (for
+    callers behind NAT whose SDP address is unreachable; "comedia").  Off: send to
+    the SDP address at once, which opens our side's NAT pinholes, and switch to the
+    caller's real source when it latches."""
     session_expires_s: int = 1800
     """RFC 4028 interval offered to callers that support session timers."""
     min_se_s: int = 90

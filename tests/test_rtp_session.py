@@ -516,6 +516,28 @@ async def test_latching_moves_from_the_sdp_address_to_the_real_source(pool: Port
         await h.close()
 
 
+async def test_waiting_for_the_peer_sends_nothing_to_the_sdp_address(pool: PortPool) -> None:
+    h = await harness(
+        pool,
+        lambda port: negotiated(NAT_ADDRESS[1], address=NAT_ADDRESS[0]),
+        wait_for_peer=True,
+    )
+    try:
+        session = h.session
+        assert session.destination is None and session.rtcp_destination is None
+        h.tick()
+        h.tick()
+        assert h.rtp_send.blocked == [] and session.stats.packets_out == 0
+        await h.deliver(h.peer.packet(b"\xff" * 160))
+        await h.deliver(h.peer.packet(b"\xff" * 160))
+        assert session.latched == h.peer.addr
+        h.tick(b"\x33" * 160)
+        await until(lambda: len(h.rtp_send.sent) >= 1)
+        assert h.rtp_send.blocked == []
+    finally:
+        await h.close()
+
+
 async def test_a_second_source_is_ignored_and_port_zero_never_latched(pool: PortPool) -> None:
     h = await harness(pool, negotiated)
     intruder = Peer(pool.acquire(), ssrc=0x0BADF00D)

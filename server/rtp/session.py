@@ -233,6 +233,7 @@ class RtpSession:
         rtcp_interval_s: float = RTCP_INTERVAL_S,
         min_delay_ms: int = 20,
         max_delay_ms: int = 200,
+        wait_for_peer: bool = False,
     ) -> None:
         if media_timeout_s < 0 or relatch_after_s < 0 or rtcp_interval_s <= 0:
             raise ValueError("timeouts must be >= 0 s and the RTCP interval > 0 s")
@@ -250,6 +251,8 @@ class RtpSession:
         self.rtcp_interval_s = rtcp_interval_s
         self._min_delay_ms = min_delay_ms
         self._max_delay_ms = max_delay_ms
+        self.wait_for_peer = wait_for_peer
+        """Send nothing until the peer's RTP latched (its SDP address may be unreachable)."""
         self.stats = RtpStats()
         self.ssrc = secrets.randbits(32)
         """Our SSRC (random, kept for the whole call)."""
@@ -401,12 +404,16 @@ class RtpSession:
         if self._latched and source is not None:
             port = source[1] if self.media.rtcp_mux else source[1] + 1
             return (source[0], port) if port < 65536 else None
+        if self.wait_for_peer:
+            return None
         media = self.media
         return _usable(media.remote_rtcp_address, media.remote_rtcp_port)
 
     def _rtp_destination(self) -> Address | None:
         if self._latched and self._source is not None:
             return self._source
+        if self.wait_for_peer:
+            return None
         return _usable(self.media.remote_address, self.media.remote_port)
 
     @property

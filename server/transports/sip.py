@@ -162,6 +162,7 @@ class SipCall:
             on_timeout=self._on_media_timeout,
             media_timeout_s=self._config.media_timeout_s,
             cname=f"voxgate@{self._config.host}",
+            wait_for_peer=self._config.rtp_wait_for_peer,
         )
         self._loop.create_task(self.rtp.start())
         self.call = self._registry.open_call(self.call_id, self, agent=self._agent)
