@@ -7,28 +7,11 @@ import socket
 import pytest
 
 from server.rtp.portpool import PortPool, PortsExhausted
-
-
-def free_even_block(size: int) -> int:
-    """The first port of ``size`` consecutive free UDP ports on loopback, even."""
-    for start in range(42000, 60000, 64):
-        socks = []
-        try:
-            for port in range(start, start + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of UDP ports")
+from tests.udpports import free_udp_block
 
 
 def test_pairs_are_even_rtp_with_rtcp_next_and_bound() -> None:
-    low = free_even_block(8)
+    low = free_udp_block(8)
     pool = PortPool("127.0.0.1", low, low + 7)
     pairs = [pool.acquire() for _ in range(4)]
     try:
@@ -47,7 +30,7 @@ def test_pairs_are_even_rtp_with_rtcp_next_and_bound() -> None:
 
 
 def test_a_released_pair_is_reused_last() -> None:
-    low = free_even_block(6)
+    low = free_udp_block(6)
     pool = PortPool("127.0.0.1", low, low + 5)
     first = pool.acquire()
     pool.release(first)
@@ -62,7 +45,7 @@ def test_a_released_pair_is_reused_last() -> None:
 
 
 def test_ports_held_by_others_are_skipped() -> None:
-    low = free_even_block(4)
+    low = free_udp_block(4)
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.1", low + 1))  # the RTCP port of the first pair
     try:

@@ -37,6 +37,7 @@ from server.rtp.rtcp import (
 from server.rtp.session import MAX_QUEUED_FRAMES, RtpSession
 from server.sip.offeranswer import ChosenCodec, Negotiated
 from server.sip.offeranswer import TelephoneEvent as NegotiatedEvent
+from tests.udpports import free_udp_block
 
 PCMU = ChosenCodec("PCMU", 0, 8000, 8000, 1, "")
 PCMA = ChosenCodec("PCMA", 8, 8000, 8000, 1, "")
@@ -50,26 +51,9 @@ NAT_ADDRESS = ("192.0.2.1", 6002)  # TEST-NET-1: must never be sent to
 # -- set-up ------------------------------------------------------------------------------
 
 
-def _free_block(size: int) -> int:
-    for start in range(43000, 60000, 128):
-        socks: list[socket.socket] = []
-        try:
-            for port in range(start, start + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of UDP ports on loopback")
-
-
 @pytest.fixture
 def pool() -> Iterator[PortPool]:
-    low = _free_block(32)
+    low = free_udp_block(32)
     ports = PortPool("127.0.0.1", low, low + 31)
     yield ports
 

@@ -303,26 +303,19 @@ def _answer_audio(
         section.add_attribute("rtcp-mux")
     section.add_attribute(direction)
 
-    negotiated = Negotiated(
-        media_index=index,
-        codec=ChosenCodec(
-            codec.name,
-            pt,
-            codec.clock_rate_hz,
-            codec.audio_rate_hz,
-            rtpmap.channels,
-            media.fmtps.get(pt, ""),
-        ),
-        telephone_event=None if event is None else TelephoneEvent(event[0], event[1].clock_rate_hz),
-        remote_address=address,
-        remote_port=media.port,
-        remote_rtcp_address=media.rtcp_address or address,
-        remote_rtcp_port=media.port if mux else media.rtcp_port,
-        rtcp_mux=mux,
+    negotiated = _negotiated(
+        index,
+        pt=pt,
+        rtpmap=rtpmap,
+        codec=codec,
+        event=event,
+        remote=media,
+        address=address,
+        null_address=null_address,
+        mux=mux,
         direction=direction,
         remote_direction=remote_direction,
         ptime_ms=ptime_ms,
-        on_hold=null_address or remote_direction in ("sendonly", "inactive"),
     )
     return negotiated, section
 
@@ -424,6 +417,38 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Nego
     direction = _limit(_MIRROR[heard], offer.direction_for(ours))
     ptime_ms = _ptime(theirs) if theirs.ptime_ms is not None else _ptime(ours)
     mux = ours.rtcp_mux and theirs.rtcp_mux
+    return _negotiated(
+        index,
+        pt=pt,
+        rtpmap=rtpmap,
+        codec=codec,
+        event=event,
+        remote=theirs,
+        address=address,
+        null_address=null_address,
+        mux=mux,
+        direction=direction,
+        remote_direction=remote_direction,
+        ptime_ms=ptime_ms,
+    )
+
+
+def _negotiated(
+    index: int,
+    *,
+    pt: int,
+    rtpmap: RtpMap,
+    codec: Codec,
+    event: tuple[int, RtpMap] | None,
+    remote: MediaDescription,
+    address: str,
+    null_address: bool,
+    mux: bool,
+    direction: Direction,
+    remote_direction: Direction,
+    ptime_ms: int,
+) -> Negotiated:
+    """What was agreed, from the peer's media section ``remote`` (its fmtp, ports)."""
     return Negotiated(
         media_index=index,
         codec=ChosenCodec(
@@ -432,13 +457,13 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Nego
             codec.clock_rate_hz,
             codec.audio_rate_hz,
             rtpmap.channels,
-            theirs.fmtps.get(pt, ""),
+            remote.fmtps.get(pt, ""),
         ),
         telephone_event=None if event is None else TelephoneEvent(event[0], event[1].clock_rate_hz),
         remote_address=address,
-        remote_port=theirs.port,
-        remote_rtcp_address=theirs.rtcp_address or address,
-        remote_rtcp_port=theirs.port if mux else theirs.rtcp_port,
+        remote_port=remote.port,
+        remote_rtcp_address=remote.rtcp_address or address,
+        remote_rtcp_port=remote.port if mux else remote.rtcp_port,
         rtcp_mux=mux,
         direction=direction,
         remote_direction=remote_direction,
