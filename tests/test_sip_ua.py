@@ -212,9 +212,38 @@ def test_reinvite_is_answered_and_a_bad_one_keeps_the_session() -> None:
     h.send(request("INVITE", branch="z9hG4bKre1", cseq=2, to_tag=tag, body=OFFER))
     assert h.statuses()[-1] == 200
     g729 = OFFER.replace(b"RTP/AVP 0", b"RTP/AVP 18") + b"a=rtpmap:18 G729/8000\r\n"
+    # Before the ACK of the last 200, another re-INVITE must wait (RFC 3261 §14.2).
     h.send(request("INVITE", branch="z9hG4bKre2", cseq=3, to_tag=tag, body=g729))
+    assert h.statuses()[-1] == 491
+    h.send(request("ACK", branch="z9hG4bKack2", cseq=2, to_tag=tag))
+    h.send(request("INVITE", branch="z9hG4bKre3", cseq=4, to_tag=tag, body=g729))
     assert h.statuses()[-1] == 488
     assert h.ua.calls == 1
+
+
+def test_a_retransmitted_invite_after_the_200_gets_the_200_not_a_new_call() -> None:
+    h = Harness()
+    h.send(request("INVITE", body=OFFER))
+    h.send(request("INVITE", body=OFFER))
+    assert h.statuses() == [100, 180, 200, 200]
+    assert len(h.sessions) == 1
+    h.send(request("ACK", branch="z9hG4bKack", to_tag=h.last(200).to_tag))
+    h.send(request("INVITE", body=OFFER))  # long after: absorbed, no second call
+    assert len(h.sessions) == 1
+
+
+def test_the_200_to_a_reinvite_is_resent_until_its_ack() -> None:
+    h = Harness()
+    tag = answered_call(h)
+    h.send(request("INVITE", branch="z9hG4bKre1", cseq=2, to_tag=tag, body=OFFER))
+    h.clock.advance(1.6)
+    assert h.statuses()[-3:] == [200, 200, 200]
+    h.send(request("INVITE", branch="z9hG4bKre1", cseq=2, to_tag=tag, body=OFFER))
+    assert h.statuses()[-1] == 200 and h.sessions[0].log.count(("update", OFFER)) == 1
+    h.send(request("ACK", branch="z9hG4bKack2", cseq=2, to_tag=tag))
+    before = len(h.statuses())
+    h.clock.advance(10)
+    assert len(h.statuses()) == before
 
 
 def test_our_hangup_sends_bye_until_answered() -> None:

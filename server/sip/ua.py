@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from server.sip.dialog import Dialog, DialogId, new_branch, new_tag
@@ -133,11 +133,14 @@ class _Call:
     state: str = "ringing"  # ringing -> answered -> confirmed -> ended
     answer_timer: Handle | None = None
     two_xx: TwoXxRetransmitter | None = None
-    reinvite: ServerInvite | None = None
+    """Resends our 200 to an INVITE (the first, or the latest re-INVITE) until its ACK."""
+    invite_key: tuple[str, str] | None = None
+    """(branch, sent-by) of the INVITE whose 200 awaits its ACK."""
     delayed_offer: bool = False
     bye: ClientNonInvite | None = None
     end_reason: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    answer_sdp: bytes = b""
+    """The SDP our 200 will carry (kept while the call rings)."""
 
     def hangup(self, reason: str) -> None:
         """:class:`CallControl`: end the call from our side."""
@@ -174,6 +177,7 @@ class UserAgent:
         self._server_tx: dict[tuple[str, str, str], ServerInvite | ServerNonInvite] = {}
         self._invites: dict[tuple[str, str], _Call] = {}  # (branch, sent-by) -> call
         self._dialogs: dict[DialogId, _Call] = {}
+        self._legs: dict[tuple[str, str], _Call] = {}  # (Call-ID, caller's tag) -> call
         self._client_tx: dict[str, ClientNonInvite] = {}  # our BYEs, by branch
 
     @property
@@ -202,10 +206,13 @@ class UserAgent:
             return
         if existing is not None:
             existing.on_retransmission()
-            call = self._invites.get(key[:2])
-            if call is not None and call.two_xx is not None:
-                call.two_xx.on_invite_retransmission()
             return
+        if request.method == "INVITE":
+            call = self._invites.get(key[:2])
+            if call is not None:  # our 2xx ended the transaction: the core resends it
+                if call.two_xx is not None:
+                    call.two_xx.on_invite_retransmission()
+                return
         if (request.max_forwards or 0) <= 0:
             self._respond_new(request, peer, 483)
             return
@@ -243,7 +250,6 @@ class UserAgent:
 
         def forget() -> None:
             self._server_tx.pop(key, None)
-            self._invites.pop(key[:2], None)
 
         tx: ServerInvite | ServerNonInvite
         if request.method == "INVITE":
@@ -288,6 +294,15 @@ class UserAgent:
         if request.to_tag is not None:
             self._on_reinvite(request, peer)
             return
+        leg = self._legs.get((request.call_id or "", request.from_tag or ""))
+        if leg is not None:
+            # The same INVITE again after its transaction ended (absorbed), or a copy
+            # of it that forked back to us by another path: 482 (RFC 3261 §8.2.2.2).
+            if request.cseq().number != leg.invite.cseq().number or request.branch != (
+                leg.invite.branch
+            ):
+                self._respond_new(request, peer, 482)
+            return
         self.stats.invites += 1
         tx = self._server_transaction(request, peer)
         assert isinstance(tx, ServerInvite)
@@ -299,6 +314,7 @@ class UserAgent:
             return
         call = _Call(self, request, peer, tx, dialog)
         key = self._tx_key(request)
+        call.invite_key = key[:2]
         self._invites[key[:2]] = call
         try:
             call.session = self._sessions(request, call)
@@ -310,6 +326,7 @@ class UserAgent:
             self._final(
                 tx, request, exc.status, reason=exc.reason, to_tag=dialog.local_tag, headers=headers
             )
+            self._forget_invite(call)
             return
         offer = request.body if request.content_type == SDP and request.body else None
         call.delayed_offer = offer is None
@@ -319,10 +336,12 @@ class UserAgent:
             self.stats.refused += 1
             warning = (("Warning", f'{exc.warning_code} {self.via_host} "{exc}"'),)
             self._final(tx, request, 488, to_tag=dialog.local_tag, headers=warning)
+            self._forget_invite(call)
             call.session.ended("media_refused")
             return
-        call.extra["sdp"] = sdp
+        call.answer_sdp = sdp
         self._dialogs[dialog.id] = call
+        self._legs[(dialog.call_id, dialog.remote_tag)] = call
         tx.respond(180, self._dialog_response(call, 180).serialize())
         if self.answer_delay_s > 0:
             call.answer_timer = self._scheduler.call_later(
@@ -352,19 +371,28 @@ class UserAgent:
     def _answer(self, call: _Call) -> None:
         if call.state != "ringing":
             return
-        sdp = call.extra.pop("sdp", b"")
-        assert isinstance(sdp, bytes)
-        data = self._dialog_response(call, 200, sdp).serialize()
+        data = self._dialog_response(call, 200, call.answer_sdp).serialize()
         call.state = "answered"
         self.stats.answered += 1
         call.transaction.respond(200, data)
+        assert call.invite_key is not None
+        self._await_ack(call, data, call.invite_key)
+
+    def _await_ack(self, call: _Call, data: bytes, invite_key: tuple[str, str]) -> None:
+        """Resend the 200 ``data`` until its ACK; an INVITE retransmission gets it again."""
 
         def resend(payload: bytes) -> None:
             self._send(payload, call.peer)
 
+        call.invite_key = invite_key
+        self._invites[invite_key] = call
         call.two_xx = TwoXxRetransmitter(
             data, resend, self._scheduler, call.peer.reliable, lambda: self._no_ack(call)
         )
+
+    def _forget_invite(self, call: _Call) -> None:
+        if call.invite_key is not None and self._invites.get(call.invite_key) is call:
+            del self._invites[call.invite_key]
 
     def _no_ack(self, call: _Call) -> None:
         log.info("call %s: no ACK for the 200 in 32 s: hanging up", call.dialog.call_id)
@@ -393,7 +421,10 @@ class UserAgent:
             self.stats.unmatched += 1
             return  # an ACK for nothing: no response is possible
         if call.two_xx is not None and not call.two_xx.acked:
+            if request.cseq().number != call.dialog.invite_cseq:
+                return  # the ACK of an older INVITE
             call.two_xx.on_ack()
+            self._forget_invite(call)
             if call.state == "answered" and call.session is not None:
                 call.state = "confirmed"
                 call.session.confirmed(request.body if call.delayed_offer else b"")
@@ -431,13 +462,13 @@ class UserAgent:
             return
         tx = self._server_transaction(request, peer)
         assert isinstance(tx, ServerInvite)
-        if call.reinvite is not None and not call.reinvite.terminated:
+        if call.two_xx is not None and not call.two_xx.acked:
+            # Our 200 to the last INVITE still awaits its ACK (RFC 3261 §14.2).
             self._final(tx, request, 491, to_tag=call.dialog.local_tag)
             return
         if not call.dialog.accept_remote_cseq(request):
             self._final(tx, request, 500, reason="CSeq out of order", to_tag=call.dialog.local_tag)
             return
-        call.reinvite = tx
         offer = request.body if request.content_type == SDP and request.body else None
         try:
             sdp = call.session.update(offer)
@@ -446,7 +477,10 @@ class UserAgent:
             self._final(tx, request, 488, to_tag=call.dialog.local_tag, headers=warning)
             return
         call.dialog.update_target(request)
-        tx.respond(200, self._dialog_response(call, 200, sdp, request).serialize())
+        call.delayed_offer = offer is None
+        data = self._dialog_response(call, 200, sdp, request).serialize()
+        tx.respond(200, data)
+        self._await_ack(call, data, self._tx_key(request)[:2])
 
     def _dialog_of(self, request: Request) -> _Call | None:
         call_id, remote, local = request.call_id, request.from_tag, request.to_tag
@@ -495,7 +529,9 @@ class UserAgent:
             call.answer_timer.cancel()
         if call.two_xx is not None:
             call.two_xx.cancel()
+        self._forget_invite(call)
         self._dialogs.pop(call.dialog.id, None)
+        self._legs.pop((call.dialog.call_id, call.dialog.remote_tag), None)
         if call.session is not None:
             call.session.ended(reason)
 
