@@ -180,6 +180,11 @@ class UserAgent:
         self._legs: dict[tuple[str, str], _Call] = {}  # (Call-ID, caller's tag) -> call
         self._client_tx: dict[str, ClientNonInvite] = {}  # our BYEs, by branch
 
+    def contact_for(self, peer: Peer) -> str:
+        """Our Contact URI for a dialog with ``peer``: its transport, so requests in the
+        dialog come back the same way (RFC 3263: a bare sip: URI means UDP)."""
+        return self.contact + (";transport=tcp" if peer.transport == "tcp" else "")
+
     @property
     def calls(self) -> int:
         return len(self._dialogs)
@@ -355,7 +360,7 @@ class UserAgent:
     ) -> Response:
         """A 18x/2xx in the call's dialog: To tag, Contact and Record-Route (§12.1.1)."""
         request = request or call.invite
-        headers = [("Contact", f"<{self.contact}>")]
+        headers = [("Contact", f"<{self.contact_for(call.peer)}>")]
         headers += [("Record-Route", rr) for rr in request.headers.get_all("Record-Route")]
         if status == 200:
             headers += [("Allow", ALLOW), ("Supported", SUPPORTED)]
