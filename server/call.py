@@ -383,6 +383,7 @@ class Call:
         """End the call from our side: the transport hangs up, the agent stops."""
         if not self.ended:
             log.info("call %s: hanging up (%s)", self.call_id, reason)
+            self.end_reason = reason  # the transport may tell the far end why
             self.transport.hangup()
             self.end(reason)
 

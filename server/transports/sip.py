@@ -236,7 +236,9 @@ class SipCall:
         return True
 
     def hangup(self) -> None:
-        self._control.hangup("local")
+        """The call hangs up: BYE, with the call's reason (``max_call``, ``idle``...)."""
+        call = self.call
+        self._control.hangup(call.end_reason if call and call.end_reason else "local")
 
 
 def session_factory(
