@@ -88,7 +88,8 @@ class InviteSession(Protocol):
         ...
 
     def confirmed(self, ack_body: bytes) -> None:
-        """The ACK arrived; ``ack_body`` is the SDP answer of a delayed offer, else empty."""
+        """The ACK of our 200 (to the INVITE or a re-INVITE) arrived; ``ack_body`` is the
+        SDP answer when that 200 carried our offer (delayed offer), else empty."""
         ...
 
     def update(self, offer: bytes | None) -> bytes:
@@ -430,8 +431,8 @@ class UserAgent:
                 return  # the ACK of an older INVITE
             call.two_xx.on_ack()
             self._forget_invite(call)
-            if call.state == "answered" and call.session is not None:
-                call.state = "confirmed"
+            if call.session is not None and call.state in ("answered", "confirmed"):
+                call.state = "confirmed"  # the first INVITE's ACK, or a re-INVITE's
                 call.session.confirmed(request.body if call.delayed_offer else b"")
 
     def _on_cancel(self, request: Request, peer: Peer) -> None:

@@ -110,15 +110,23 @@ class SipCall:
         return answer.serialize()
 
     def confirmed(self, ack_body: bytes) -> None:
-        if self.rtp is not None or self._negotiation is None or self._ended:
+        if self._negotiation is None or self._ended:
             return
-        try:  # delayed offer: the answer is in the ACK
+        if not ack_body:
+            if self.rtp is None:  # our offer went in the 200 and the ACK did not answer it
+                log.info("call %s: no SDP answer in the ACK: hanging up", self.call_id)
+                self._control.hangup("no_answer_in_ack")
+            return
+        try:  # delayed offer: the answer to our offer is in the ACK
             media = self._negotiation.accept(parse_sdp(ack_body))
         except (SdpError, OfferAnswerError) as exc:
             log.info("call %s: unusable answer in the ACK (%s): hanging up", self.call_id, exc)
             self._control.hangup("bad_ack_sdp")
             return
-        self._start(media)
+        if self.rtp is None:
+            self._start(media)
+        else:
+            self.rtp.update(media)
 
     def update(self, offer: bytes | None) -> bytes:
         negotiation = self._negotiation
