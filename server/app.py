@@ -17,6 +17,7 @@ from server.agents.clips import render_clips
 from server.agents.loopback import LoopbackAgent
 from server.agents.pipeline import PipelineAgent, PipelineContext
 from server.call import AgentFactory, Call
+from server.calls_route import add_calls_route
 from server.config import Config
 from server.mediaclock import MediaClock
 from server.metrics import Metrics
@@ -181,6 +182,7 @@ def build_app(config: Config) -> web.Application:
     elif config.agent.name == "loopback":
         registry.agent_factory = LoopbackAgent
     add_sip(app, registry)  # after the pipeline's providers: calls may come at once
+    add_calls_route(app)  # POST /calls: outbound SIP calls (503 while SIP is off)
     app.on_startup.append(start_clock)
     app.on_cleanup.append(stop_clock)
     return app

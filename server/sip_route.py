@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from server.calls_route import DIALER_KEY, Dialer
 from server.rtp.portpool import PortPool
+from server.sip.registration import start_registrations
+from server.sip.sessiontimer import Policy
 from server.sip.transport import SipTransport
 from server.sip.ua import UserAgent
-from server.transports.sip import SipMedia, session_factory
+from server.transports.sip import SipMedia, outbound_session_factory, session_factory
 
 if TYPE_CHECKING:
     from server.app import CallRegistry
@@ -51,8 +54,20 @@ def add_sip(app: web.Application, registry: CallRegistry) -> None:
             sessions=session_factory(registry, config, pool, media),
             refusal=registry.refusal,
             answer_delay_ms=config.answer_delay_ms,
+            timer_policy=Policy(config.session_expires_s, config.min_se_s),
         )
         transport.handler = ua.on_message
+        registrations = await start_registrations(
+            config.trunks, ua, transport.send, contact=ua.contact, via_sent_by=ua.via_host
+        )
+        app["sip_registrations"] = registrations
+        app[DIALER_KEY] = Dialer(
+            ua,
+            config.trunks,
+            outbound_session_factory(registry, config, pool, media),
+            refusal=lambda: registry.refusal(extra=ua.outbound_pending),
+            local_host=advertised,
+        )
         app["sip"] = ua
         app["sip_transport"] = transport
         log.info(
@@ -63,8 +78,10 @@ def add_sip(app: web.Application, registry: CallRegistry) -> None:
             config.rtp_ports,
         )
         yield
-        ua.shutdown()
-        await asyncio.sleep(BYE_GRACE_S if ua.calls or media.calls else 0)
+        for registration in registrations:
+            registration.stop()  # Expires: 0
+        ua.shutdown()  # BYE to answered calls, CANCEL to ringing ones we placed
+        await asyncio.sleep(BYE_GRACE_S if ua.calls or media.calls or registrations else 0)
         await transport.close()
 
     app.cleanup_ctx.append(context)

@@ -86,28 +86,52 @@ class SipCall:
 
     # -- InviteSession ----------------------------------------------------------------
 
-    def answer(self, offer: bytes | None) -> bytes:
+    def _negotiate(self) -> Negotiation:
+        """Take an RTP port pair and start our side of offer/answer."""
         try:
             self._pair = self._pool.acquire()
         except PortsExhausted as exc:
             raise MediaRefused(str(exc), 399) from None
-        local_ip = self._config.external_ip or self._config.host
         self._negotiation = Negotiation(
-            local_ip=local_ip,
+            local_ip=self._config.external_ip or self._config.host,
             rtp_port=self._pair.rtp_port,
             session_id=secrets.randbelow(2**31),
             preferences=self._config.codecs,
         )
+        return self._negotiation
+
+    def answer(self, offer: bytes | None) -> bytes:
+        negotiation = self._negotiate()
         if offer is None:
-            return self._negotiation.offer().serialize()
+            return negotiation.offer().serialize()
         try:
-            answer = self._negotiation.answer(parse_sdp(offer))
+            answer = negotiation.answer(parse_sdp(offer))
         except (SdpError, OfferAnswerError) as exc:
             self._release()
             code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
             raise MediaRefused(str(exc), code) from None
         self._start(answer.media)
         return answer.serialize()
+
+    # -- OutboundSession (calls we place) -----------------------------------------------
+
+    def offer(self) -> bytes:
+        """The SDP offer of our INVITE."""
+        return self._negotiate().offer().serialize()
+
+    def accept(self, answer: bytes) -> None:
+        """The callee's answer (in its 2xx): media starts, or follows a changed answer."""
+        if self._negotiation is None or self._ended:
+            raise MediaRefused("no offer pending", 399)
+        try:
+            media = self._negotiation.accept(parse_sdp(answer))
+        except (SdpError, OfferAnswerError) as exc:
+            code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
+            raise MediaRefused(str(exc), code) from None
+        if self.rtp is None:
+            self._start(media)
+        else:
+            self.rtp.update(media)
 
     def confirmed(self, ack_body: bytes) -> None:
         if self._negotiation is None or self._ended:
@@ -262,6 +286,26 @@ def session_factory(
             raise Refused(503, f"Service Unavailable ({refusal})", retry_after_s=5)
         user = invite.request_uri().user or ""
         name = config.routes.get(user, config.routes.get("*", registry.config.agent.name))
+        return SipCall(
+            invite,
+            control,
+            registry=registry,
+            config=config,
+            pool=pool,
+            media=media,
+            agent=agent_for(registry, name),
+        )
+
+    return make
+
+
+def outbound_session_factory(
+    registry: CallRegistry, config: SipSection, pool: PortPool, media: SipMedia
+) -> Callable[[Request, CallControl], SipCall]:
+    """Sessions for calls we place (``POST /calls``): answered by the default agent."""
+
+    def make(invite: Request, control: CallControl) -> SipCall:
+        name = config.routes.get("*", registry.config.agent.name)
         return SipCall(
             invite,
             control,
