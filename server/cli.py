@@ -72,6 +72,29 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--start", type=int, default=100, help="capacity search: first step")
     load.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
     load.add_argument("--max", type=int, default=3000, help="capacity search: last step")
+    sip = bench_kinds.add_parser(
+        "sip", help="SIP/RTP load test (G.711 echo calls) against a spawned or running server"
+    )
+    sip.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
+    sip.add_argument("--duration", type=float, default=40.0, help="seconds per call (default 40)")
+    sip.add_argument("--target", help="HOST:PORT of a running server's SIP (default: spawn one)")
+    sip.add_argument("--http", help="http://HOST:PORT of that server, to read /metrics")
+    sip.add_argument("--pid", type=int, help="server process to sample for CPU and RSS")
+    sip.add_argument("--user", default="echo", help="Request-URI user (default echo)")
+    sip.add_argument("--json", type=Path, help="write the summary to this JSON file")
+    sip.add_argument("--workers", type=int, help="generator processes (default: 1 per 500 calls)")
+    sip.add_argument("--ramp", type=float, help="seconds over which calls start")
+    sip.add_argument(
+        "--server-core",
+        type=int,
+        default=0,
+        help="the server's core: a spawned one is pinned there, the generator avoids it",
+    )
+    sip.add_argument("--server-log", type=Path, help="append a spawned server's output here")
+    sip.add_argument("--find-capacity", action="store_true", help="ramp calls until the SLO fails")
+    sip.add_argument("--start", type=int, default=100, help="capacity search: first step")
+    sip.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
+    sip.add_argument("--max", type=int, default=2000, help="capacity search: last step")
     webrtc = bench_kinds.add_parser(
         "webrtc",
         help="browser -> server -> browser round trip in headless Chromium (from a checkout)",
@@ -174,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "bench" and args.bench_kind == "load":
         return _bench_load(args)
+    if args.command == "bench" and args.bench_kind == "sip":
+        from server.loadgen.sipload import run_cli
+
+        return run_cli(args)
     if args.command == "bench" and args.bench_kind == "webrtc":
         try:
             from bench.webrtc_roundtrip import main as webrtc_roundtrip
