@@ -23,7 +23,7 @@ import urllib.request
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -169,46 +169,73 @@ def run_load(plan: LoadPlan, audio: tuple[bytes, bytes] | None = None) -> dict[s
     ramp_s = plan.effective_ramp_s()
     start_at = time.monotonic() + 1.0 + 0.2 * n_workers  # workers start their interpreters
     sids = [f"CA{plan.seed:08x}{i:024x}" for i in range(plan.calls)]
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    result_dir = Path(tempfile.mkdtemp(prefix="voxgate-load-"))
+    specs = []
     for w in range(n_workers):
         mine = sids[w::n_workers]
-        # Interleave the workers' ramps so connects stay evenly spread.
-        spec = WorkerSpec(
-            url=plan.url,
-            call_sids=mine,
-            start_at_s=start_at + ramp_s * w / plan.calls,
-            ramp_s=ramp_s * (len(mine) / plan.calls) * n_workers if plan.calls > 1 else 0.0,
-            duration_s=plan.duration_s,
-            utterance_a=utterance_a,
-            utterance_b=utterance_b,
-            timing=plan.timing,
-            cpus=plan.generator_cpus,
-            seed=plan.seed * 1000 + w,
+        worker_start_s, worker_ramp_s = worker_ramp(w, n_workers, len(mine), plan.calls, ramp_s)
+        specs.append(
+            WorkerSpec(
+                url=plan.url,
+                call_sids=mine,
+                start_at_s=start_at + worker_start_s,
+                ramp_s=worker_ramp_s,
+                duration_s=plan.duration_s,
+                utterance_a=utterance_a,
+                utterance_b=utterance_b,
+                timing=plan.timing,
+                cpus=plan.generator_cpus,
+                seed=plan.seed * 1000 + w,
+            )
         )
+    results, failures, monitor = run_workers(
+        "server.loadgen.worker", specs, WorkerResult, plan.server_pid
+    )
+    return summarise(plan, results, failures, monitor, start_at=start_at, ramp_s=ramp_s)
+
+
+def worker_ramp(
+    worker: int, workers: int, share: int, calls: int, ramp_s: float
+) -> tuple[float, float]:
+    """``(start offset, ramp)`` in s of ``worker``'s ``share`` of ``calls``: the workers'
+    ramps interleave so new calls stay evenly spread over ``ramp_s``."""
+    start_s = ramp_s * worker / calls
+    return start_s, ramp_s * (share / calls) * workers if calls > 1 else 0.0
+
+
+ResultT = TypeVar("ResultT")
+
+
+def run_workers(
+    module: str, specs: list[Any], result_type: type[ResultT], server_pid: int | None
+) -> tuple[list[ResultT], list[str], ServerMonitor | None]:
+    """Run ``python -m module RESULT`` per spec (msgpack on stdin, result msgpack in
+    RESULT), sampling ``server_pid`` meanwhile; returns the results, the failures and
+    the stopped monitor."""
+    result_dir = Path(tempfile.mkdtemp(prefix="voxgate-load-"))
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    for w, spec in enumerate(specs):
         result_path = result_dir / f"worker-{w}.msgpack"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.loadgen.worker", str(result_path)],
-            stdin=subprocess.PIPE,
+            [sys.executable, "-m", module, str(result_path)], stdin=subprocess.PIPE
         )
         assert proc.stdin is not None
         proc.stdin.write(msgspec.msgpack.encode(spec))
         proc.stdin.close()
         procs.append((proc, result_path))
-    monitor = ServerMonitor(plan.server_pid) if plan.server_pid else None
+    monitor = ServerMonitor(server_pid) if server_pid else None
     if monitor is not None:
         monitor.start()
-    results: list[WorkerResult] = []
+    results: list[ResultT] = []
     failures: list[str] = []
     for proc, result_path in procs:
         if proc.wait() != 0 or not result_path.exists():
             failures.append(f"worker {proc.pid} exited with {proc.returncode}")
             continue
-        results.append(msgspec.msgpack.decode(result_path.read_bytes(), type=WorkerResult))
+        results.append(msgspec.msgpack.decode(result_path.read_bytes(), type=result_type))
     shutil.rmtree(result_dir, ignore_errors=True)
     if monitor is not None:
         monitor.stop()
-    return summarise(plan, results, failures, monitor, start_at=start_at, ramp_s=ramp_s)
+    return results, failures, monitor
 
 
 def summarise(

@@ -32,7 +32,6 @@ import platform
 import random
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,9 @@ from server.loadgen.runner import (
     caller_audio,
     other_cpus,
     percentiles,
+    run_workers,
     spawn_server,
+    worker_ramp,
 )
 from server.loadgen.sipcall import (
     CallerEnv,
@@ -339,46 +340,28 @@ def run_sip_load(plan: SipLoadPlan, audio: tuple[bytes, bytes] | None = None) ->
     n_workers = plan.effective_workers()
     start_at = time.monotonic() + 1.0 + 0.3 * n_workers  # workers start their interpreters
     indices = list(range(plan.calls))
-    result_dir = Path(tempfile.mkdtemp(prefix="voxgate-sipload-"))
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    specs = []
     for w in range(n_workers):
         mine = indices[w::n_workers]
-        # Interleave the workers' ramps so INVITEs stay evenly spread.
-        spec = SipWorkerSpec(
-            server=plan.server,
-            user=plan.user,
-            indices=mine,
-            start_at_s=start_at + ramp_s * w / plan.calls,
-            ramp_s=ramp_s * (len(mine) / plan.calls) * n_workers if plan.calls > 1 else 0.0,
-            duration_s=plan.duration_s,
-            utterances=utterances,
-            rtp_ports=_port_share(w, n_workers),
-            timing=plan.timing,
-            cpus=plan.generator_cpus,
-            seed=plan.seed * 1000 + w,
+        worker_start_s, worker_ramp_s = worker_ramp(w, n_workers, len(mine), plan.calls, ramp_s)
+        specs.append(
+            SipWorkerSpec(
+                server=plan.server,
+                user=plan.user,
+                indices=mine,
+                start_at_s=start_at + worker_start_s,
+                ramp_s=worker_ramp_s,
+                duration_s=plan.duration_s,
+                utterances=utterances,
+                rtp_ports=_port_share(w, n_workers),
+                timing=plan.timing,
+                cpus=plan.generator_cpus,
+                seed=plan.seed * 1000 + w,
+            )
         )
-        result_path = result_dir / f"worker-{w}.msgpack"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.loadgen.sipload", str(result_path)],
-            stdin=subprocess.PIPE,
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(msgspec.msgpack.encode(spec))
-        proc.stdin.close()
-        procs.append((proc, result_path))
-    monitor = ServerMonitor(plan.server_pid) if plan.server_pid else None
-    if monitor is not None:
-        monitor.start()
-    results: list[SipWorkerResult] = []
-    failures: list[str] = []
-    for proc, result_path in procs:
-        if proc.wait() != 0 or not result_path.exists():
-            failures.append(f"worker {proc.pid} exited with {proc.returncode}")
-            continue
-        results.append(msgspec.msgpack.decode(result_path.read_bytes(), type=SipWorkerResult))
-    shutil.rmtree(result_dir, ignore_errors=True)
-    if monitor is not None:
-        monitor.stop()
+    results, failures, monitor = run_workers(
+        "server.loadgen.sipload", specs, SipWorkerResult, plan.server_pid
+    )
     server_metrics = read_server_metrics(plan.http_url) if plan.http_url else None
     return summarise(
         plan,
