@@ -30,6 +30,7 @@ from server.sip.offeranswer import (
     is_same_session,
     make_offer,
 )
+from tests.mutations import mutated_lines
 
 
 def _crlf(*lines: str) -> str:
@@ -849,26 +850,15 @@ def _answers_or_refuses(text: str) -> None:
 
 @st.composite
 def _mutated(draw: st.DrawFn, offer: str) -> str:
-    lines = offer.split("\r\n")
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["delete", "duplicate", "swap", "flip", "insert", "splice"]))
-        i = draw(st.integers(0, len(lines) - 1))
-        if op == "delete" and len(lines) > 1:
-            del lines[i]
-        elif op == "duplicate":
-            lines.insert(i, lines[i])
-        elif op == "swap":
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        elif op == "flip" and lines[i]:
-            k = draw(st.integers(0, len(lines[i]) - 1))
-            lines[i] = (
-                lines[i][:k] + draw(st.sampled_from("0189 /:=-aAx\u00b2")) + lines[i][k + 1 :]
-            )
-        elif op == "insert":
-            lines.insert(i, draw(_SDP_LINES))
-        elif op == "splice":
-            lines.insert(i, draw(st.sampled_from(_ALL_LINES)))
+    # New lines: made-up SDP lines, or lines spliced in from the other real offers.
+    lines = draw(
+        mutated_lines(
+            offer.split("\r\n"),
+            piece=st.sampled_from("0189 /:=-aAx\u00b2"),
+            new_line=st.one_of(_SDP_LINES, st.sampled_from(_ALL_LINES)),
+            max_rounds=6,
+        )
+    )
     return "\r\n".join(lines)
 
 

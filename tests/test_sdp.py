@@ -23,6 +23,7 @@ from server.sdp import (
     format_sdp,
     parse_sdp,
 )
+from tests.mutations import mutated_lines
 
 # A Chromium-style WebRTC offer (audio + data channel), values made up for the test.
 CHROMIUM_OFFER: Final = "\r\n".join(
@@ -299,22 +300,14 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 
 @st.composite
 def _mutated(draw: st.DrawFn, offer: str) -> str:
-    lines = offer.replace("\r\n", "\n").split("\n")
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["delete", "duplicate", "swap", "flip", "insert"]))
-        i = draw(st.integers(0, len(lines) - 1))
-        if op == "delete" and len(lines) > 1:
-            del lines[i]
-        elif op == "duplicate":
-            lines.insert(i, lines[i])
-        elif op == "swap":
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        elif op == "flip" and lines[i]:
-            k = draw(st.integers(0, len(lines[i]) - 1))
-            lines[i] = lines[i][:k] + draw(_SAFE_CHARS) + lines[i][k + 1 :]
-        elif op == "insert":
-            lines.insert(i, draw(st.text(alphabet=_SAFE_CHARS, max_size=30)))
+    lines = draw(
+        mutated_lines(
+            offer.replace("\r\n", "\n").split("\n"),
+            piece=_SAFE_CHARS,
+            new_line=st.text(alphabet=_SAFE_CHARS, max_size=30),
+            max_rounds=6,
+        )
+    )
     return draw(st.sampled_from(["\r\n", "\n"])).join(lines)
 
 

@@ -34,6 +34,7 @@ from server.sip.message import (
     reason_phrase,
     stamp_received,
 )
+from tests.mutations import mutated_lines
 
 
 def _msg(*lines: str, body: str = "") -> bytes:
@@ -817,26 +818,17 @@ def test_fuzz_random_sip_like_text(text: str) -> None:
 @st.composite
 def _mutated(draw: st.DrawFn) -> bytes:
     data = draw(st.sampled_from(REAL_MESSAGES))
-    lines = data.split(b"\r\n")
-    for _ in range(draw(st.integers(1, 5))):
-        op = draw(st.sampled_from(["delete", "duplicate", "swap", "flip", "insert", "cut"]))
+    lines = draw(
+        mutated_lines(
+            data.split(b"\r\n"),
+            piece=st.binary(min_size=1, max_size=1),
+            new_line=st.binary(max_size=30),
+            max_rounds=5,
+        )
+    )
+    if lines and draw(st.booleans()):  # cut one line short
         i = draw(st.integers(0, len(lines) - 1))
-        if op == "delete" and len(lines) > 1:
-            del lines[i]
-        elif op == "duplicate":
-            lines.insert(i, lines[i])
-        elif op == "swap":
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        elif op == "flip" and lines[i]:
-            k = draw(st.integers(0, len(lines[i]) - 1))
-            line = bytearray(lines[i])
-            line[k] = draw(st.integers(0, 255))
-            lines[i] = bytes(line)
-        elif op == "insert":
-            lines.insert(i, draw(st.binary(max_size=30)))
-        elif op == "cut" and lines[i]:
-            lines[i] = lines[i][: draw(st.integers(0, len(lines[i]) - 1))]
+        lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
     out = b"\r\n".join(lines)
     return out[: draw(st.integers(0, len(out)))] if draw(st.booleans()) else out
 
