@@ -7,11 +7,11 @@ import socket
 import pytest
 
 from server.rtp.portpool import PortPool, PortsExhausted
-from tests.udpports import free_udp_block
+from tests.udpports import free_udp_range
 
 
 def test_pairs_are_even_rtp_with_rtcp_next_and_bound() -> None:
-    low = free_udp_block(8)
+    low = free_udp_range(8)[0]
     pool = PortPool("127.0.0.1", low, low + 7)
     pairs = [pool.acquire() for _ in range(4)]
     try:
@@ -30,7 +30,7 @@ def test_pairs_are_even_rtp_with_rtcp_next_and_bound() -> None:
 
 
 def test_a_released_pair_is_reused_last() -> None:
-    low = free_udp_block(6)
+    low = free_udp_range(6)[0]
     pool = PortPool("127.0.0.1", low, low + 5)
     first = pool.acquire()
     pool.release(first)
@@ -45,7 +45,7 @@ def test_a_released_pair_is_reused_last() -> None:
 
 
 def test_ports_held_by_others_are_skipped() -> None:
-    low = free_udp_block(4)
+    low = free_udp_range(4)[0]
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.1", low + 1))  # the RTCP port of the first pair
     try:

@@ -37,7 +37,7 @@ from server.rtp.rtcp import (
 from server.rtp.session import MAX_QUEUED_FRAMES, RtpSession
 from server.sip.offeranswer import ChosenCodec, Negotiated
 from server.sip.offeranswer import TelephoneEvent as NegotiatedEvent
-from tests.udpports import free_udp_block
+from tests.udpports import free_udp_range
 
 PCMU = ChosenCodec("PCMU", 0, 8000, 8000, 1, "")
 PCMA = ChosenCodec("PCMA", 8, 8000, 8000, 1, "")
@@ -53,7 +53,7 @@ NAT_ADDRESS = ("192.0.2.1", 6002)  # TEST-NET-1: must never be sent to
 
 @pytest.fixture
 def pool() -> Iterator[PortPool]:
-    low = free_udp_block(32)
+    low = free_udp_range(32)[0]
     ports = PortPool("127.0.0.1", low, low + 31)
     yield ports
 

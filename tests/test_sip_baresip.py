@@ -40,11 +40,11 @@ from tests.peers.baresip import (
     Pcm,
     Recording,
     baresip_binary,
-    free_udp_range,
     parse_sip_trace,
     rtp_audio,
 )
 from tests.speech import speech
+from tests.udpports import free_udp_range
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import pytest
 
 from server.loadgen.runner import free_port, spawn_server
 from tests.test_sip_sipp import SCENARIOS, sipp_binary
+from tests.udpports import free_udp_range
 
 
 def post(url: str, body: object) -> tuple[int, str]:
@@ -35,9 +36,10 @@ def test_post_calls_dials_through_a_trunk_with_digest_and_media_timeout_hangs_up
     sipp_port = free_port()
     shutil.copy(SCENARIOS / "uas_auth_answer.xml", tmp_path / "uas.xml")
     config = tmp_path / "voxgate.toml"
+    low, high = free_udp_range(100)
     config.write_text(
         '[agent]\nname = "echo"\n'
-        '[sip]\nrtp_ports = "43200-43299"\nmedia_timeout_s = 2\n'
+        f'[sip]\nrtp_ports = "{low}-{high}"\nmedia_timeout_s = 2\n'
         "[[sip.trunks]]\n"
         f'name = "carrier"\nregistrar = "127.0.0.1:{sipp_port}"\n'
         'username = "alice"\npassword = "s3cret"\nregister = false\n'

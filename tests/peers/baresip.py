@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import random
 import re
 import shutil
 import socket
@@ -45,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.g711 import alaw_decode, ulaw_decode
+from tests.udpports import free_udp_range
 
 Pcm = npt.NDArray[np.int16]
 Codec = Literal["pcmu", "pcma", "g722", "opus"]
@@ -82,30 +81,6 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def free_udp_range(n_ports: int, low: int = 20000, high: int = 32700) -> tuple[int, int]:
-    """``(first, last)`` of ``n_ports`` consecutive UDP ports, all free now; ``first`` is even.
-
-    The default span stays below Linux's ephemeral ports (32768 up), so other
-    programs' sockets are unlikely to land in the range later.
-    """
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(200):
-        first = rng.randrange(low, high - n_ports) & ~1
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(first, first + n_ports):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return first, first + n_ports - 1
-    raise BaresipError(f"no {n_ports} consecutive free UDP ports in {low}..{high}")
 
 
 def write_wav(path: Path, pcm: Pcm, rate_hz: int = WAV_RATE_HZ) -> None:
