@@ -159,7 +159,7 @@ class TrackReader:
         else:
             pcm = self._opus.decode(bytes(item))
         assert item.time_base == Fraction(1, 48000)
-        assert len(pcm) == FRAME_48K
+        assert len(pcm) == FRAME_48K * self.track.packet_ms // 20
         assert item.pts is not None
         return item.pts, pcm
 
@@ -216,6 +216,49 @@ async def test_track_queued_frame_interrupts_the_silence_wait() -> None:
     assert pts == 960
     assert abs(frequency(pcm) - 1500) <= 60
     assert track.silence_frames == 1
+    track.stop()
+
+
+async def test_track_10ms_packets_halve_each_frame_and_space_the_halves() -> None:
+    track = OutboundTrack(Marks(), packet_ms=10)
+    reader = TrackReader(track)
+    loop = asyncio.get_running_loop()
+    track.push(tone_frame(1000))
+    pushed = loop.time()
+    first_pts, first = await reader.next()
+    second_pts, second = await reader.next()
+    waited = loop.time() - pushed
+    assert (first_pts, second_pts) == (0, 480)
+    assert len(first) == len(second) == 480
+    # The second half is held until its audio is due: 10 ms after the push.
+    assert waited >= 0.0095
+    assert abs(dominant_frequency_hz(np.concatenate([first, second])[240:], 48000) - 1000) <= 60
+    assert track.sent_frames == 2 and track.silence_frames == 0
+    track.stop()
+
+
+async def test_track_10ms_idle_silence_and_clear_while_a_half_waits() -> None:
+    marks = Marks()
+    track = OutboundTrack(marks, packet_ms=10)
+    reader = TrackReader(track)
+    track.push(tone_frame(1000))
+    track.mark("reply")
+    await reader.next()  # the first half leaves; the second waits its turn
+    track.clear()  # barge-in while it waits: it and the mark are dropped
+    pts, _ = await reader.next()  # silence (the decoder still rings from the cut tone)
+    later_pts, later = await reader.next()
+    assert (pts, later_pts) == (480, 960) and rms(later) < 50
+    assert marks.seen == [("reply", False)]
+    assert track.silence_frames == 2
+    track.stop()
+
+
+def test_track_refuses_other_packet_durations_and_frame_sizes() -> None:
+    with pytest.raises(ValueError, match="packet_ms"):
+        OutboundTrack(Marks(), packet_ms=30)
+    track = OutboundTrack(Marks(), packet_ms=10)
+    with pytest.raises(ValueError, match="960-sample"):
+        track.push(np.zeros(480, dtype=np.int16))
     track.stop()
 
 
