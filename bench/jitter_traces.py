@@ -97,8 +97,10 @@ NETWORKS: Final[dict[str, Network]] = {
     "bursty_loss": Network(burst_enter=0.01, burst_leave=0.4, jitter_ms=3),
     "jitter_40ms": Network(jitter_ms=40),
     "jitter_reorder": Network(loss=0.005, jitter_ms=40, fifo=False, swap=0.02),
+    "loss_5pct_jitter_40ms": Network(loss=0.05, jitter_ms=40),
 }
-"""The named traces, in report order."""
+"""The named traces, in report order (a trace's seed depends on its position: add
+new ones at the end, so the others stay the same)."""
 
 
 @dataclass(frozen=True, slots=True)

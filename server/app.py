@@ -24,7 +24,7 @@ from server.mediaclock import MediaClock
 from server.metrics import Metrics
 from server.providers.registry import Chains, ProviderSet
 from server.sip_route import add_sip
-from server.transport import Transport
+from server.transport import Transport, media_stats_of
 from server.twilio_route import media_stream, voice_webhook
 from server.webrtc_route import add_routes as add_webrtc_routes
 
@@ -96,6 +96,7 @@ class CallRegistry:
                 del self.by_id[call.call_id]
             self.metrics.calls.labels(transport, reason).inc()
             self.metrics.active_calls.set(len(self.calls))
+            self.metrics.observe_call_media(transport, media_stats_of(call.transport))
         if not self.calls:
             self._idle.set()
 
@@ -145,7 +146,8 @@ async def list_calls(request: web.Request) -> web.Response:
 
 
 async def call_summary(request: web.Request) -> web.Response:
-    """``GET /calls/{call_id}``: a live call's state, counters and turns with their stages."""
+    """``GET /calls/{call_id}``: a live call's state, counters and turns with their stages,
+    and its media path's statistics (``media``) when the transport keeps them."""
     registry: CallRegistry = request.app["registry"]
     call = registry.by_id.get(request.match_info["call_id"])
     if call is None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+import msgspec
 import numpy as np
 
 from engine.framebuf import FrameBuffer
@@ -63,6 +64,7 @@ from server.transport import (
     TextIn,
     Transport,
     TransportEvent,
+    media_stats_of,
 )
 
 log = logging.getLogger(__name__)
@@ -443,8 +445,10 @@ class Call:
             self.publish(CallEnded(reason))
 
     def summary(self) -> dict[str, object]:
-        """The call so far: identity, state, counters and the agent's own summary."""
-        return {
+        """The call so far: identity, state, counters, the agent's own summary and,
+        when the transport keeps them, its media statistics (``media``, see
+        :class:`server.transport.MediaStats`)."""
+        summary: dict[str, object] = {
             "call_id": self.call_id,
             "started_at": self.started_at,
             "media_ms": self._inbound_ms,
@@ -453,3 +457,7 @@ class Call:
             "stats": asdict(self.stats),
             **self.agent.summary(),
         }
+        media = media_stats_of(self.transport)
+        if media is not None:
+            summary["media"] = msgspec.to_builtins(media)
+        return summary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server import __version__
@@ -102,7 +103,28 @@ def _build_parser() -> argparse.ArgumentParser:
     webrtc.add_argument("--bursts", type=int, default=20, help="tone bursts per run")
     webrtc.add_argument("--rounds", type=int, default=3, help="runs of each receive buffer")
     webrtc.add_argument("--json", type=Path, help="write the results to this JSON file")
+    webrtc.add_argument(
+        "--variant", action="append", help="server settings to measure (repeatable; default: all)"
+    )
+    replay = bench_kinds.add_parser(
+        "sip-replay",
+        help="loss and jitter traces through the SIP media path against aiortc's buffer "
+        "(from a checkout)",
+    )
+    replay.add_argument("--json", type=Path, help="write the results to this JSON file")
     return parser
+
+
+def _checkout_main(module: str, kind: str) -> Callable[[list[str]], int]:
+    """``main`` of a ``bench`` module, which only a voxgate checkout has (run from its root)."""
+    if Path("bench/__init__.py").is_file() and "" not in sys.path:
+        sys.path.insert(0, "")  # the console script does not put the current directory first
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(f"voxgate bench {kind}: run it from a voxgate checkout") from None
+    main: Callable[[list[str]], int] = loaded.main
+    return main
 
 
 def _bench_load(args: argparse.Namespace) -> int:
@@ -201,13 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.loadgen.sipload import run_cli
 
         return run_cli(args)
+    json_option = ["--json", str(args.json)] if getattr(args, "json", None) else []
     if args.command == "bench" and args.bench_kind == "webrtc":
-        try:
-            from bench.webrtc_roundtrip import main as webrtc_roundtrip
-        except ImportError:
-            raise SystemExit("voxgate bench webrtc: run it from a voxgate checkout") from None
-        options = ["--bursts", str(args.bursts), "--rounds", str(args.rounds)]
-        return webrtc_roundtrip(options + (["--json", str(args.json)] if args.json else []))
+        options = ["--bursts", str(args.bursts), "--rounds", str(args.rounds), *json_option]
+        for variant in args.variant or ():
+            options += ["--variant", variant]
+        return _checkout_main("bench.webrtc_roundtrip", "webrtc")(options)
+    if args.command == "bench" and args.bench_kind == "sip-replay":
+        return _checkout_main("bench.sip_replay", "sip-replay")(json_option)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

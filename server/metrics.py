@@ -1,10 +1,20 @@
-"""Process metrics, exported in Prometheus text format at ``GET /metrics``."""
+"""Process metrics, exported in Prometheus text format at ``GET /metrics``.
+
+Media statistics (jitter buffer, packets, latching, RTCP) are kept per call by
+the transport and added here once, when the call ends
+(:meth:`Metrics.observe_call_media`): nothing on the packet path touches
+Prometheus.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from server.transport import MediaStats
+
 _LATENCY_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
+_RATIO_BUCKETS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
 
 
 class Metrics:
@@ -99,6 +109,76 @@ class Metrics:
             ["provider", "kind"],
             registry=r,
         )
+
+        self.media_packets_in = Counter(
+            "voxgate_media_packets_in",
+            "Inbound media packets of ended calls, by transport and outcome "
+            "(received, audio, lost, late, duplicate, wrong_source, ...)",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.media_frames_in = Counter(
+            "voxgate_media_frames_in",
+            "20 ms frames of caller audio played to ended calls, by transport and kind "
+            "(played; of those concealed, silence, inserted; dropped)",
+            ["transport", "kind"],
+            registry=r,
+        )
+        self.media_packets_out = Counter(
+            "voxgate_media_packets_out",
+            "Outbound media packets of ended calls, by transport and outcome (sent, errors)",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.media_frames_out = Counter(
+            "voxgate_media_frames_out",
+            "20 ms frames for the far end of ended calls, by transport and kind "
+            "(offered, silence, dropped)",
+            ["transport", "kind"],
+            registry=r,
+        )
+        self.media_events = Counter(
+            "voxgate_media_events",
+            "Media events of ended calls, by transport and event "
+            "(latches, ssrc_changes, resyncs, rtcp_in, rtcp_out, timeouts, ...)",
+            ["transport", "event"],
+            registry=r,
+        )
+        self.media_concealment = Histogram(
+            "voxgate_media_concealment_ratio",
+            "Per ended call: caller frames made up (concealed or silence) / frames played",
+            ["transport"],
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.media_jitter = Histogram(
+            "voxgate_media_jitter_seconds",
+            "Per ended call: RFC 3550 interarrival jitter of the caller's stream at the end",
+            ["transport"],
+            buckets=_JITTER_BUCKETS,
+            registry=r,
+        )
+
+    def observe_call_media(self, transport: str, media: MediaStats | None) -> None:
+        """Add one ended call's media statistics (``transport``: the calls' label)."""
+        if media is None:
+            return
+        for counter, counts in (
+            (self.media_packets_in, media.packets_in),
+            (self.media_frames_in, media.frames_in),
+            (self.media_packets_out, media.packets_out),
+            (self.media_frames_out, media.frames_out),
+            (self.media_events, media.events),
+        ):
+            for name, count in counts.items():
+                if count >= 0:
+                    counter.labels(transport, name).inc(count)
+        played = media.frames_in.get("played", 0)
+        if played > 0:
+            made_up = media.frames_in.get("concealed", 0) + media.frames_in.get("silence", 0)
+            self.media_concealment.labels(transport).observe(min(1.0, made_up / played))
+        if media.jitter_ms is not None:
+            self.media_jitter.labels(transport).observe(media.jitter_ms / 1000)
 
     def observe_stage_ms(self, stage: str, latency_ms: float) -> None:
         self.stage_latency.labels(stage).observe(latency_ms / 1000)

@@ -9,7 +9,7 @@ milliseconds of the call's media clock.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -90,3 +90,54 @@ class Transport(Protocol):
     def send_dtmf(self, digits: str) -> bool: ...
 
     def hangup(self) -> None: ...
+
+
+class MediaStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One call's media-path counters, as a transport that keeps them reports them.
+
+    Every count is since the call started; a transport fills what it tracks and
+    leaves the rest empty.  ``packets_in`` maps an outcome to packets (always
+    ``received``: every datagram; then ``audio``, ``lost``, ``late``,
+    ``duplicate``, ``discarded``, the refusals ...); ``frames_in`` maps a kind
+    to 20 ms frames handed to the call (``played`` all of them; of those
+    ``concealed`` made up by loss concealment, ``silence`` gaps nothing covered);
+    ``packets_out``/``frames_out`` the same for what we send; ``events``
+    counts happenings that are not packets (latches, SSRC changes, RTCP
+    reports).  ``playout`` is the jitter buffer now (``current_delay_ms``,
+    ``target_delay_ms``, ``buffered_frames``); ``jitter_ms`` the RFC 3550
+    interarrival jitter estimate (ms; None: not measured); ``rtcp`` what the
+    peer's own reports said about our stream (``fraction_lost`` in 1/256,
+    ``cumulative_lost``, ``jitter_ms``, ``rtt_ms``).
+    """
+
+    transport: str
+    """Which media path: ``rtp``, ``webrtc``."""
+    codec: str = ""
+    remote: str | None = None
+    """Where our media goes now (``host:port``), if the transport knows."""
+    packets_in: dict[str, int] = msgspec.field(default_factory=dict)
+    frames_in: dict[str, int] = msgspec.field(default_factory=dict)
+    packets_out: dict[str, int] = msgspec.field(default_factory=dict)
+    frames_out: dict[str, int] = msgspec.field(default_factory=dict)
+    events: dict[str, int] = msgspec.field(default_factory=dict)
+    playout: dict[str, int] = msgspec.field(default_factory=dict)
+    jitter_ms: float | None = None
+    rtcp: dict[str, float | int | None] = msgspec.field(default_factory=dict)
+
+
+@runtime_checkable
+class MediaStatsSource(Protocol):
+    """The optional hook of a :class:`Transport` that keeps media statistics.
+
+    ``media_stats()`` is called for ``GET /calls/{id}`` and once when the call
+    ends (for ``/metrics``), never per frame; None: nothing to report (yet).
+    """
+
+    def media_stats(self) -> MediaStats | None: ...
+
+
+def media_stats_of(transport: object) -> MediaStats | None:
+    """``transport``'s media statistics, or None when it keeps none."""
+    if isinstance(transport, MediaStatsSource):
+        return transport.media_stats()
+    return None

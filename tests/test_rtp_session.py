@@ -263,7 +263,9 @@ async def test_pcmu_in_reaches_on_audio_through_the_jitter_buffer(pool: PortPool
         buffered = h.session.jitter_stats().buffered_frames
         for _ in range(5):  # the stream has ended: the buffer plays out, then conceals
             h.tick()
-        assert h.session.stats.frames_concealed == 5 - buffered
+        stats = h.session.stats
+        assert stats.frames_concealed + stats.frames_silence == 5 - buffered
+        assert stats.frames_concealed >= 1  # the first missing frame is concealed
         assert all(len(frame) == 160 for frame in h.audio)
         heard = pcm(b"".join(h.audio))
         # the first packet is spent on RFC 3550 probation; the rest comes out in order
@@ -919,3 +921,124 @@ async def test_rtcp_mux_reads_rtcp_on_the_rtp_port(pool: PortPool) -> None:
         assert (stats.rtcp_in, stats.malformed, stats.unknown_pt) == (1, 0, 0)
     finally:
         await h.close()
+
+
+# -- where RTCP goes -----------------------------------------------------------------------
+
+
+def _sdp(
+    sdp_port: int,
+    *,
+    address: str = "127.0.0.1",
+    rtcp_address: str | None = None,
+    rtcp_port: int | None = None,
+    mux: bool = False,
+) -> Callable[[int], Negotiated]:
+    """Media whose SDP says ``address:sdp_port`` with ``a=rtcp`` as given (the peer's real
+    port is ignored: the session learns it by latching)."""
+
+    def media_for(port: int) -> Negotiated:
+        base = negotiated(sdp_port, address=address)
+        return replace(
+            base,
+            remote_rtcp_address=rtcp_address or address,
+            remote_rtcp_port=sdp_port if mux else (rtcp_port or sdp_port + 1),
+            rtcp_mux=mux,
+        )
+
+    return media_for
+
+
+def _latch(h: Harness) -> None:
+    for _ in range(2):  # RFC 3550 probation: two in sequence
+        h.session.receive_rtp(h.peer.packet(b"\xff" * 160), h.peer.addr)
+    assert h.session.latched == h.peer.addr
+
+
+async def test_rtcp_goes_to_the_sdp_before_latching(pool: PortPool) -> None:
+    h = await harness(pool, _sdp(NAT_ADDRESS[1], address=NAT_ADDRESS[0], rtcp_port=7000))
+    try:
+        assert h.session.rtcp_destination == (NAT_ADDRESS[0], 7000)
+    finally:
+        await h.close()
+
+
+async def test_latched_and_not_nated_keeps_the_a_rtcp_port(pool: PortPool) -> None:
+    # The SDP address is the host the RTP comes from: a=rtcp (RFC 3605) is believed.
+    h = await harness(pool, lambda port: _sdp(port, rtcp_port=port + 7)(port))
+    try:
+        _latch(h)
+        assert h.session.rtcp_destination == ("127.0.0.1", h.peer.pair.rtp_port + 7)
+    finally:
+        await h.close()
+
+
+async def test_latched_behind_nat_uses_the_latched_rtp_port_plus_one(pool: PortPool) -> None:
+    h = await harness(pool, _sdp(NAT_ADDRESS[1], address=NAT_ADDRESS[0], rtcp_port=7000))
+    try:
+        _latch(h)
+        assert h.session.rtcp_destination == ("127.0.0.1", h.peer.pair.rtp_port + 1)
+    finally:
+        await h.close()
+
+
+async def test_a_rtcp_on_another_host_than_the_latched_one_is_not_believed(
+    pool: PortPool,
+) -> None:
+    h = await harness(
+        pool, lambda port: _sdp(port, rtcp_address="192.0.2.7", rtcp_port=port + 7)(port)
+    )
+    try:
+        _latch(h)
+        assert h.session.rtcp_destination == ("127.0.0.1", h.peer.pair.rtp_port + 1)
+    finally:
+        await h.close()
+
+
+async def test_latched_under_rtcp_mux_sends_rtcp_to_the_rtp_source(pool: PortPool) -> None:
+    h = await harness(pool, _sdp(NAT_ADDRESS[1], address=NAT_ADDRESS[0], mux=True))
+    try:
+        assert h.session.rtcp_destination == NAT_ADDRESS
+        _latch(h)
+        assert h.session.rtcp_destination == h.peer.addr
+    finally:
+        await h.close()
+
+
+async def test_a_latched_rtcp_source_wins_over_the_sdp(pool: PortPool) -> None:
+    h = await harness(pool, lambda port: _sdp(port, rtcp_port=port + 7)(port))
+    try:
+        _latch(h)
+        rtcp_source = ("127.0.0.1", h.peer.pair.rtp_port + 3)
+        report = build_compound([RtcpReceiverReport(PEER_SSRC), RtcpSdes.cname(PEER_SSRC, "p")])
+        h.session.receive_rtcp(report, rtcp_source)
+        assert h.session.rtcp_destination == rtcp_source
+        # from another host than the latched one, RTCP is not latched
+        other = await harness(pool, lambda port: _sdp(port)(port))
+        try:
+            _latch(other)
+            other.session.receive_rtcp(report, ("127.0.0.2", 9999))
+            assert other.session.rtcp_destination == ("127.0.0.1", other.peer.pair.rtp_port + 1)
+        finally:
+            await other.close()
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize(
+    ("sdp_address", "source_host", "same"),
+    [
+        ("127.0.0.1", "127.0.0.1", True),
+        ("::1", "0:0:0:0:0:0:0:1", True),
+        ("2001:db8::1", "2001:DB8:0::1", True),
+        ("127.0.0.1", "127.0.0.2", False),
+        ("pbx.example", "127.0.0.1", False),
+        ("", "127.0.0.1", False),
+    ],
+)
+def test_same_host_compares_addresses_not_spellings(
+    sdp_address: str, source_host: str, same: bool
+) -> None:
+    from server.rtp.session import _same_host
+
+    assert _same_host(sdp_address, source_host) is same

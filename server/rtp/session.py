@@ -41,8 +41,22 @@ and the first packet after the pause carries the marker bit.  Digits from
 sequence space, alongside the audio.
 
 Time: arrival times for the jitter buffer are put on the media clock's basis by
-the offset between ``now_ms`` and the loop's clock seen at the ticks; audio that
-arrives before the first tick is not buffered (``early``).
+the offset between ``now_ms`` and the session's clock (the loop's, or the
+``clock`` a replay passes) seen at the ticks; audio that arrives before the
+first tick is not buffered (``early``).
+
+Where RTCP goes (:attr:`RtpSession.rtcp_destination`): the source of the
+peer's own RTCP once it arrived; else, with RTP latched, the latched host: at
+the ``a=rtcp`` port (RFC 3605; RTP + 1 without it) when the SDP addresses are
+that host (no NAT between us), at the latched RTP port + 1 when they are not
+(a NAT maps RTCP to a port we cannot know: the next one is the usual guess),
+at the latched RTP port itself under rtcp-mux; before latching, the SDP's
+RTCP address and port.
+
+Statistics: :attr:`RtpSession.stats` are plain counters bumped on the packet
+path; :meth:`RtpSession.media_stats` gathers them with the jitter buffer's and
+the sequence tracker's into a :class:`~server.transport.MediaStats` (it
+allocates: for ``GET /calls/{id}`` and the end of the call, never per packet).
 
 Sockets: the session reads through asyncio datagram endpoints on ``pair.rtp``
 (and ``pair.rtcp`` unless rtcp-mux) and sends with the sockets' own ``sendto``
@@ -87,10 +101,13 @@ from server.rtp.rtcp import (
     build_compound,
     dlsr_from_seconds,
     ntp_from_unix,
+    ntp_middle32,
     parse_rtcp,
+    rtt_seconds,
 )
 from server.rtp.seqtrack import SeqStatus, SeqTracker
 from server.sip.offeranswer import Negotiated
+from server.transport import MediaStats
 
 __all__ = [
     "MAX_QUEUED_FRAMES",
@@ -155,7 +172,10 @@ class RtpStats:
     frames_in: int = 0
     """20 ms frames handed to ``on_audio``."""
     frames_concealed: int = 0
-    """Of those, frames the jitter buffer made up (concealment or silence for a gap)."""
+    """Of those, frames made up by loss concealment (the buffer's CONCEALED)."""
+    frames_silence: int = 0
+    """Of those, silence for a gap nothing covered (SILENCE, or EMPTY after the start):
+    a loss longer than concealment, a sender pause (DTX, hold), a stream restart."""
     packets_out: int = 0
     """RTP packets sent (audio and telephone-events)."""
     octets_out: int = 0
@@ -205,6 +225,22 @@ def _usable(address: str, port: int) -> tuple[str, int] | None:
     return None if ip.is_unspecified else (address, port)
 
 
+def _missing(tracker: SeqTracker) -> int:
+    """Sequence numbers of ``tracker``'s stream never received (RFC 3550's expected
+    minus received, without letting duplicates hide losses as RTCP's count does)."""
+    return max(0, tracker.lost + tracker.duplicates)
+
+
+def _same_host(sdp_address: str, host: object) -> bool:
+    """Whether an SDP address names ``host`` (an address as the socket reported it)."""
+    if sdp_address == host:
+        return True
+    try:
+        return ipaddress.ip_address(sdp_address) == ipaddress.ip_address(str(host))
+    except ValueError:
+        return False
+
+
 class RtpSession:
     """The RTP/RTCP media of one call (see the module docstring for the rules).
 
@@ -216,7 +252,8 @@ class RtpSession:
     ``relatch_after_s``: how long the latched source must be silent before
     another may take its place; ``rtcp_interval_s``: mean RTCP report interval;
     ``min_delay_ms``/``max_delay_ms``: the jitter buffer's playout delay bounds.
-    Must be created on the running event loop.
+    ``clock``: the time source (s, monotonic), the event loop's by default; a
+    replay passes a manual one.  Must be created on the running event loop.
     """
 
     def __init__(
@@ -234,12 +271,14 @@ class RtpSession:
         min_delay_ms: int = 20,
         max_delay_ms: int = 200,
         wait_for_peer: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if media_timeout_s < 0 or relatch_after_s < 0 or rtcp_interval_s <= 0:
             raise ValueError("timeouts must be >= 0 s and the RTCP interval > 0 s")
         if not 0 < len(cname.encode("utf-8")) <= 255:
             raise ValueError(f"the RTCP CNAME must be 1-255 bytes of UTF-8, got {cname!r}")
         self._loop = asyncio.get_running_loop()
+        self._time: Callable[[], float] = clock or self._loop.time
         self.pair = pair
         self.media = media
         self._on_audio = on_audio
@@ -270,7 +309,7 @@ class RtpSession:
         self._closed = False
         self._starting = False
         # receive side
-        now_s = self._loop.time()
+        now_s = self._time()
         self._source: Address | None = None  # the candidate or latched RTP source
         self._latched = False
         self._remote_ssrc = -1
@@ -287,6 +326,11 @@ class RtpSession:
         self._lsr_at_s = 0.0
         self._reported_packets = 0
         self._next_rtcp_s = now_s + rtcp_interval_s * random.uniform(0.25, 0.75)
+        self._peer_report: ReportBlock | None = None  # the peer's last report on our stream
+        self._rtt_s: float | None = None
+        # statistics of what a codec change or a new SSRC replaced
+        self._retired_jitter: list[JitterStats] = []
+        self._lost_before = 0
         self._configure(media)
         self._dest = self._rtp_destination()
 
@@ -333,6 +377,7 @@ class RtpSession:
         old = self.media
         self.media = media
         if old.codec != media.codec or old.ptime_ms != media.ptime_ms:
+            self._retired_jitter.append(JitterStats.of(self._inbound.jitter))
             self._configure(media, started=self._inbound.started)
         elif old.telephone_event != media.telephone_event:
             self._configure_events(media)
@@ -343,7 +388,7 @@ class RtpSession:
         if old.rtcp_mux != media.rtcp_mux:
             self._rtcp_sendto = self.pair.rtp.sendto if media.rtcp_mux else self.pair.rtcp.sendto
         if (old.on_hold, old.receiving) != (media.on_hold, media.receiving):
-            self._last_rx_s = self._loop.time()
+            self._last_rx_s = self._time()
         self._dest = self._rtp_destination()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -376,7 +421,7 @@ class RtpSession:
             return
         self._closed = True
         bye = RtcpBye((self.ssrc,), reason[:_BYE_REASON_MAX] or None)
-        self._send_rtcp(self._loop.time(), bye)
+        self._send_rtcp(self._time(), bye)
         for transport in self._transports:
             transport.close()
         self._transports.clear()
@@ -397,16 +442,26 @@ class RtpSession:
 
     @property
     def rtcp_destination(self) -> Address | None:
-        """Where RTCP goes now: its own latched source, the latched RTP host, or the SDP one."""
+        """Where RTCP goes now (the rules are in the module docstring); None: nowhere."""
         if self._rtcp_source is not None:
             return self._rtcp_source
+        media = self.media
         source = self._source
         if self._latched and source is not None:
-            port = source[1] if self.media.rtcp_mux else source[1] + 1
-            return (source[0], port) if port < 65536 else None
+            host = source[0]
+            if media.rtcp_mux:
+                port = source[1]
+            elif (
+                _same_host(media.remote_address, host)
+                and _same_host(media.remote_rtcp_address, host)
+                and 0 < media.remote_rtcp_port < 65536
+            ):
+                port = media.remote_rtcp_port  # not NATed: the SDP's a=rtcp port holds
+            else:
+                port = source[1] + 1
+            return (host, port, *source[2:]) if port < 65536 else None
         if self.wait_for_peer:
             return None
-        media = self.media
         return _usable(media.remote_rtcp_address, media.remote_rtcp_port)
 
     def _rtp_destination(self) -> Address | None:
@@ -422,8 +477,94 @@ class RtpSession:
         return None if self._remote_ssrc < 0 else self._remote_ssrc
 
     def jitter_stats(self) -> JitterStats:
-        """A snapshot of the jitter buffer's counters."""
+        """A snapshot of the (current codec's) jitter buffer's counters."""
         return JitterStats.of(self._inbound.jitter)
+
+    @property
+    def inbound(self) -> InboundAudio:
+        """The receive pipeline (read it, do not drive it): ``last_kind``, ``jitter`` ..."""
+        return self._inbound
+
+    def media_stats(self) -> MediaStats:
+        """Every counter of the session so far, for ``GET /calls/{id}`` and metrics.
+
+        Counts cover the whole call: jitter-buffer counters of codecs a re-INVITE
+        replaced and RFC 3550 losses of SSRCs that were replaced are included.
+        """
+        stats = self.stats
+        now = JitterStats.of(self._inbound.jitter)
+        jb = (*self._retired_jitter, now)
+        tracker = self._tracker
+        codec = self.media.codec
+        dest = self._dest
+        report = self._peer_report
+        rtcp: dict[str, float | int | None] = {}
+        if report is not None:
+            rtcp = {
+                "fraction_lost": report.fraction_lost,
+                "cumulative_lost": report.cumulative_lost,
+                "jitter_ms": round(report.jitter * 1000 / codec.clock_rate_hz, 2),
+                "rtt_ms": None if self._rtt_s is None else round(self._rtt_s * 1000, 2),
+            }
+        return MediaStats(
+            transport="rtp",
+            codec=f"{codec.name}/{codec.clock_rate_hz}",
+            remote=None if dest is None else f"{dest[0]}:{dest[1]}",
+            packets_in={
+                "received": stats.packets_in,
+                "audio": stats.audio_in,
+                "dtmf": stats.dtmf_in,
+                "lost": self._lost_before + _missing(tracker),
+                "late": sum(s.late for s in jb),
+                "duplicate": stats.duplicates + sum(s.duplicates for s in jb),
+                "discarded": sum(s.discarded for s in jb),
+                "malformed": stats.malformed,
+                "unknown_pt": stats.unknown_pt,
+                "wrong_source": stats.wrong_source,
+                "wrong_ssrc": stats.wrong_ssrc,
+                "port_zero": stats.port_zero,
+                "probation": stats.probation,
+                "jump": stats.jumps,
+                "bad_payload": stats.bad_payload,
+                "early": stats.early,
+            },
+            frames_in={
+                "played": stats.frames_in,
+                "concealed": stats.frames_concealed,
+                "silence": stats.frames_silence,
+                "inserted": sum(s.inserted for s in jb),
+                "dropped": sum(s.dropped for s in jb),
+            },
+            packets_out={"sent": stats.packets_out, "errors": stats.send_errors},
+            frames_out={
+                "offered": stats.frames_out,
+                "silence": stats.silence_out,
+                "dropped": stats.frames_dropped,
+            },
+            events={
+                "latches": stats.latches,
+                "relatches": stats.relatches,
+                "ssrc_changes": stats.ssrc_changes,
+                "resyncs": sum(s.resyncs for s in jb),
+                "digits_in": stats.digits_in,
+                "digits_out": stats.digits_out,
+                "rtcp_in": stats.rtcp_in,
+                "rtcp_malformed": stats.rtcp_malformed,
+                "rtcp_byes_in": stats.rtcp_byes_in,
+                "rtcp_out": stats.rtcp_out,
+                "timeouts": stats.timeouts,
+                "socket_errors": stats.socket_errors,
+            },
+            playout={
+                "current_delay_ms": now.current_delay_ms,
+                "target_delay_ms": now.target_delay_ms,
+                "buffered_frames": now.buffered_frames,
+            },
+            jitter_ms=(
+                round(tracker.jitter * 1000 / self._clock_rate_hz, 2) if tracker.valid else None
+            ),
+            rtcp=rtcp,
+        )
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -450,7 +591,7 @@ class RtpSession:
         else:
             stats.unknown_pt += 1
             return
-        now_s = self._loop.time()
+        now_s = self._time()
         if addr != self._source and not self._take_source(addr, header.ssrc, now_s):
             return
         if header.ssrc == self._remote_ssrc:
@@ -537,6 +678,7 @@ class RtpSession:
     def _new_stream(self, ssrc: int, tracker: SeqTracker) -> None:
         """RFC 3550 reset: statistics, jitter buffer and DTMF state start over for ``ssrc``."""
         self._remote_ssrc = ssrc
+        self._lost_before += _missing(self._tracker)
         self._tracker = tracker
         self._pending = None
         self._pending_ssrc = -1
@@ -588,9 +730,24 @@ class RtpSession:
         for packet in packets:
             if isinstance(packet, RtcpSenderReport) and packet.ssrc == self._remote_ssrc:
                 self._lsr = packet.lsr
-                self._lsr_at_s = self._loop.time()
+                self._lsr_at_s = self._time()
             elif isinstance(packet, RtcpBye):
                 self.stats.rtcp_byes_in += 1
+            if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
+                for block in packet.reports:
+                    if block.ssrc == self.ssrc:
+                        self._take_peer_report(block)
+
+    def _take_peer_report(self, block: ReportBlock) -> None:
+        """The peer's report block on our stream: its view of loss, jitter and the RTT."""
+        self._peer_report = block
+        try:
+            now = ntp_middle32(ntp_from_unix(time.time()))
+        except RtcpError:
+            return
+        rtt = rtt_seconds(now, block.lsr, block.dlsr)
+        if rtt is not None:
+            self._rtt_s = rtt
 
     # -- ticking -----------------------------------------------------------------------
 
@@ -601,7 +758,7 @@ class RtpSession:
         """
         if self._closed:
             return
-        now_s = self._loop.time()
+        now_s = self._time()
         offset = now_ms - int(now_s * 1000)
         current = self._offset_ms
         # A late tick makes the offset look smaller: keep the largest, unless the clock moved.
@@ -613,8 +770,12 @@ class RtpSession:
         if frame is not None:
             stats = self.stats
             stats.frames_in += 1
-            if inbound.last_kind is FrameKind.CONCEALED or inbound.last_kind is FrameKind.SILENCE:
-                stats.frames_concealed += 1
+            kind = inbound.last_kind
+            if kind is not FrameKind.NORMAL and kind is not FrameKind.INSERTED:
+                if kind is FrameKind.CONCEALED:
+                    stats.frames_concealed += 1
+                else:
+                    stats.frames_silence += 1
             self._on_audio(frame)
         if self._dtmf_rx is not None:
             self._dtmf_rx.poll(int(now_s * 1000))

@@ -29,7 +29,7 @@ from server.sdp import SdpError, parse_sdp
 from server.sip.message import Request
 from server.sip.offeranswer import Negotiated, Negotiation, OfferAnswerError
 from server.sip.ua import CallControl, MediaRefused, Refused
-from server.transport import CallStarted, Dtmf, Hangup, MarkPlayed
+from server.transport import CallStarted, Dtmf, Hangup, MarkPlayed, MediaStats
 
 if TYPE_CHECKING:
     from server.app import CallRegistry
@@ -266,6 +266,10 @@ class SipCall:
             log.info("call %s: cannot send DTMF %r: %s", self.call_id, digits, exc)
             return False
         return True
+
+    def media_stats(self) -> MediaStats | None:
+        """The RTP session's statistics (the optional transport hook); None before media."""
+        return None if self.rtp is None else self.rtp.media_stats()
 
     def hangup(self) -> None:
         """The call hangs up: BYE, with the call's reason (``max_call``, ``idle``...)."""
