@@ -28,13 +28,23 @@ from typing import Any
 from server.loadgen.runner import spawn_server
 from tests.browser.chromium import Browser, find_chromium
 
-VARIANTS = {"aiortc buffer (prefetch 4)": 4, "voxgate pass-through": 0}
+VARIANTS: dict[str, dict[str, int]] = {
+    "aiortc buffer (prefetch 4)": {"receive_prefetch_frames": 4, "send_packet_ms": 20},
+    "pass-through, 20 ms packets out": {"receive_prefetch_frames": 0, "send_packet_ms": 20},
+    "pass-through, 10 ms packets out": {"receive_prefetch_frames": 0, "send_packet_ms": 10},
+}
+"""Server ``[webrtc]`` settings compared, by name."""
 RAW_AUDIO = "{echoCancellation: false, noiseSuppression: false, autoGainControl: false}"
 STATS_JS = """voxgate.pc.getStats().then((report) => {
     const out = {};
     report.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') Object.assign(out, {
             jitter_buffer_ms: 1000 * s.jitterBufferDelay / Math.max(1, s.jitterBufferEmittedCount),
+            jitter_buffer_target_ms:
+                1000 * s.jitterBufferTargetDelay / Math.max(1, s.jitterBufferEmittedCount),
+            jitter_buffer_minimum_ms:
+                1000 * s.jitterBufferMinimumDelay / Math.max(1, s.jitterBufferEmittedCount),
+            arrival_jitter_ms: 1000 * s.jitter,
             concealed_samples: s.concealedSamples, concealment_events: s.concealmentEvents,
             samples_received: s.totalSamplesReceived, packets_lost: s.packetsLost});
     });
@@ -42,11 +52,11 @@ STATS_JS = """voxgate.pc.getStats().then((report) => {
 })"""
 
 
-async def measure(prefetch: int, bursts: int, workdir: Path) -> dict[str, Any]:
-    config = workdir / f"voxgate-{prefetch}.toml"
+async def measure(settings: dict[str, int], bursts: int, workdir: Path) -> dict[str, Any]:
+    config = workdir / "voxgate.toml"
     config.write_text(
-        '[agent]\nname = "loopback"\n'
-        f'[webrtc]\nice_addresses = ["127.0.0.1"]\nreceive_prefetch_frames = {prefetch}\n'
+        '[agent]\nname = "loopback"\n[webrtc]\nice_addresses = ["127.0.0.1"]\n'
+        + "".join(f"{key} = {value}\n" for key, value in settings.items())
     )
     log = workdir / "server.log"
     server = spawn_server(core=0, endpointing_ms=200, log_path=log, config=config)
@@ -67,15 +77,21 @@ async def measure(prefetch: int, bursts: int, workdir: Path) -> dict[str, Any]:
     finally:
         server.stop()
     samples = sorted(probe["samples"])
+    track = sorted(probe.get("track_samples", []))
     return {
-        "receive_prefetch_frames": prefetch,
+        **settings,
         "bursts": probe["sent"],
         "detected": probe["detected"],
         "median_ms": statistics.median(samples) if samples else None,
         "p90_ms": samples[int(0.9 * (len(samples) - 1))] if samples else None,
         "min_ms": samples[0] if samples else None,
         "samples_ms": probe["samples"],
+        "track_median_ms": statistics.median(track) if track else None,
+        "track_samples_ms": probe.get("track_samples", []),
         "browser_jitter_buffer_ms": round(after.get("jitter_buffer_ms", 0.0), 1),
+        "browser_jitter_buffer_target_ms": round(after.get("jitter_buffer_target_ms", 0.0), 1),
+        "browser_jitter_buffer_minimum_ms": round(after.get("jitter_buffer_minimum_ms", 0.0), 1),
+        "browser_arrival_jitter_ms": round(after.get("arrival_jitter_ms", 0.0), 1),
         "browser_concealment_events": after.get("concealment_events", 0)
         - before.get("concealment_events", 0),
         "browser_concealed_ms": round(
@@ -84,16 +100,19 @@ async def measure(prefetch: int, bursts: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-async def run(bursts: int, rounds: int) -> dict[str, Any]:
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+async def run(bursts: int, rounds: int, names: list[str]) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="voxgate-rtt-") as tmp:
-        for _ in range(rounds):  # alternate, so drift in machine load hits both alike
-            for name, prefetch in VARIANTS.items():
-                results[name].append(await measure(prefetch, bursts, Path(tmp)))
+        for _ in range(rounds):  # alternate, so drift in machine load hits all alike
+            for name in names:
+                results[name].append(await measure(VARIANTS[name], bursts, Path(tmp)))
     summary = {}
     for name, runs in results.items():
         samples = [s for r in runs for s in r["samples_ms"]]
+        track = [s for r in runs for s in r["track_samples_ms"]]
         summary[name] = {
+            "track_median_ms": statistics.median(track) if track else None,
+            "track_p90_ms": sorted(track)[int(0.9 * (len(track) - 1))] if track else None,
             "median_ms": statistics.median(samples),
             "p90_ms": sorted(samples)[int(0.9 * (len(samples) - 1))],
             "detected": sum(r["detected"] for r in runs),
@@ -112,20 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts", type=int, default=20, help="tone bursts per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        help="server settings to measure (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     if find_chromium() is None:
         print("chromium not found (install Debian's chromium)", file=sys.stderr)
         return 2
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {1})  # Chromium and this driver on core 1, the server on 0
-    summary = asyncio.run(run(args.bursts, args.rounds))
-    header = ("receive buffer", "median", "p90", "detected", "browser jb", "concealed")
-    print("{:30} {:>8} {:>8} {:>9} {:>11} {:>9}".format(*header))
+    summary = asyncio.run(run(args.bursts, args.rounds, args.variant or list(VARIANTS)))
+    header = ("server settings", "median", "p90", "track", "p90", "detected", "browser jb", "conc.")
+    print("{:34} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>5}".format(*header))
     for name, s in summary.items():
         print(
-            f"{name:30} {s['median_ms']:7.1f}ms {s['p90_ms']:7.1f}ms "
+            f"{name:34} {s['median_ms']:7.1f}ms {s['p90_ms']:7.1f}ms "
+            f"{s['track_median_ms'] or 0:7.1f}ms {s['track_p90_ms'] or 0:7.1f}ms "
             f"{s['detected']:>4}/{s['bursts']:<4} {s['browser_jitter_buffer_ms']:9.1f}ms "
-            f"{s['browser_concealment_events']:>9}"
+            f"{s['browser_concealment_events']:>5}"
         )
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -84,6 +84,9 @@ class WebRtcSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     receive_prefetch_frames: int = 0
     """Inbound audio packets held before decoding: 0 passes each packet on as it
     arrives, in order (aiortc's own buffer holds 4: about 80 ms more latency)."""
+    send_packet_ms: Literal[10, 20] = 20
+    """Duration of each outbound Opus packet (ms).  10 lets the browser's jitter
+    buffer run one short packet deep, at the cost of twice the packets."""
 
     def __post_init__(self) -> None:
         for i, server in enumerate(self.ice_servers):

@@ -46,7 +46,7 @@ from server.call import Call
 from server.callevents import CallEvent
 from server.config import WebRtcSection
 from server.sdp import SdpError, SessionDescription, parse_sdp
-from server.transport import AudioIn, CallStarted, Dtmf, Hangup, MarkPlayed, TextIn
+from server.transport import AudioIn, CallStarted, Dtmf, Hangup, MarkPlayed, MediaStats, TextIn
 from server.transports import datachannel
 from server.transports.webrtc_audio import (
     CALL_RATE_HZ,
@@ -219,10 +219,10 @@ CallFactory = Callable[[str, "WebRtcTransport"], Call]
 class WebRtcTransport:
     """:class:`server.transport.Transport` and call listener of one peer connection."""
 
-    def __init__(self, session: WebRtcSession) -> None:
+    def __init__(self, session: WebRtcSession, packet_ms: int = 20) -> None:
         self._session = session
         self._out = OutboundAudio()
-        self.track = OutboundTrack(self._mark_reached)
+        self.track = OutboundTrack(self._mark_reached, packet_ms=packet_ms)
 
     def send_audio(self, frame: bytes) -> None:
         self.track.push(self._out.convert(frame))
@@ -239,6 +239,26 @@ class WebRtcTransport:
     def hangup(self) -> None:
         """The call hangs up: close the connection (the call ends itself)."""
         self._session.close("local_hangup", end_call=False)
+
+    def media_stats(self) -> MediaStats | None:
+        """Inbound counts (the optional transport hook): packets through our receive
+        buffer (``late``: dropped as late or duplicate) and 20 ms frames handed to the
+        call (``silence``: filled in for lost packets).  aiortc's own layers are not seen."""
+        session = self._session
+        packets: dict[str, int] = {}
+        for transceiver in session.pc.getTransceivers():
+            buffer = getattr(transceiver.receiver, _RECEIVER_BUFFER_ATTR, None)
+            if transceiver.kind == "audio" and isinstance(buffer, PassThroughJitterBuffer):
+                received = buffer.passed + buffer.dropped
+                packets = {"received": received, "audio": buffer.passed, "late": buffer.dropped}
+        inbound = session.inbound
+        frames = {
+            "played": inbound.frames + inbound.concealed_frames,
+            "silence": inbound.concealed_frames,
+        }
+        return MediaStats(
+            transport="webrtc", codec="opus/48000", packets_in=packets, frames_in=frames
+        )
 
     def on_call_event(self, event: CallEvent) -> None:
         self._session.send_event(datachannel.encode_event(event))
@@ -269,7 +289,7 @@ class WebRtcSession:
         self._make_call = make_call
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(config)))
-        self.transport = WebRtcTransport(self)
+        self.transport = WebRtcTransport(self, config.send_packet_ms)
         self.call: Call | None = None
         self.inbound = InboundAudio()
         self.channel: RTCDataChannel | None = None

@@ -584,6 +584,8 @@
     gain.connect(local);
     osc.start();
     const localMeter = { analyser: local, buf: new Float32Array(local.fftSize) };
+    // The tone as the sent track carries it (after the graph -> track bridge).
+    const trackMeter = makeMeter(ctx, dest.stream, 256);
     const remoteMeter = () => (s === session ? s.remoteMeter : null);
 
     let stopped = false;
@@ -591,6 +593,7 @@
       stopped = true;
     };
     const samples = [];
+    const trackSamples = [];
     const onsets = []; // [local onset, echo onset] as Date.now() ms, per detected burst
     let sent = 0;
     try {
@@ -598,11 +601,12 @@
       for (let i = 0; i < count && !stopped; i++) {
         await waitRemoteQuiet(remoteMeter, thresholdDb, () => stopped);
         if (stopped) break;
-        const burst = await probeBurst(ctx, gain, localMeter, remoteMeter, { toneMs, gapMs, thresholdDb });
+        const burst = await probeBurst(ctx, gain, localMeter, trackMeter, remoteMeter, { toneMs, gapMs, thresholdDb });
         const result = burst.rtt;
         sent++;
         if (result !== null) {
           samples.push(result);
+          if (burst.trackRtt !== null) trackSamples.push(burst.trackRtt);
           onsets.push([burst.localAt, burst.echoAt]);
         }
         note(`probe burst ${i + 1}: ${result === null ? "no echo" : `${result.toFixed(1)} ms`}`);
@@ -612,6 +616,7 @@
       osc.stop();
       osc.disconnect();
       gain.disconnect();
+      trackMeter.source.disconnect();
       s.probeStop = null;
       s.probing = false;
       if (s === session) {
@@ -619,7 +624,15 @@
       }
     }
     if (stopped) throw new Error("the call ended during the measurement");
-    return { samples, median_ms: median(samples), detected: samples.length, sent, onsets };
+    return {
+      samples,
+      median_ms: median(samples),
+      track_samples: trackSamples,
+      track_median_ms: median(trackSamples),
+      detected: samples.length,
+      sent,
+      onsets,
+    };
   }
 
   /** Waits until the remote level stayed at or below `thresholdDb` for PROBE_QUIET_MS (capped). */
@@ -640,10 +653,11 @@
    * Resolves after `toneMs + gapMs` so bursts keep a fixed period, to
    * `{rtt, localAt, echoAt}` (the onsets as Date.now() ms, for server-side logs).
    */
-  function probeBurst(ctx, gain, localMeter, remoteMeter, { toneMs, gapMs, thresholdDb }) {
+  function probeBurst(ctx, gain, localMeter, trackMeter, remoteMeter, { toneMs, gapMs, thresholdDb }) {
     return new Promise((resolve) => {
       const began = performance.now();
       let localOnset = null;
+      let trackOnset = null;
       let echoOnset = null;
       let remoteWasQuiet = false;
       gain.gain.setValueAtTime(1, ctx.currentTime);
@@ -656,7 +670,11 @@
             localOnset = now;
             remoteWasQuiet = !remoteLoud;
           }
-        } else if (echoOnset === null && now - localOnset <= gapMs) {
+        }
+        if (localOnset !== null && trackOnset === null && rmsDb(trackMeter) > thresholdDb) {
+          trackOnset = now;
+        }
+        if (localOnset !== null && echoOnset === null && now - localOnset <= gapMs) {
           // The echo onset is a rise after the local onset, never a level already high.
           if (remoteLoud && remoteWasQuiet) echoOnset = now;
           if (!remoteLoud) remoteWasQuiet = true;
@@ -665,9 +683,18 @@
         if (echoOnset !== null || waitedEnough) {
           clearInterval(timer);
           const rest = Math.max(0, began + toneMs + gapMs - performance.now());
-          const rtt = echoOnset === null ? null : Math.round((echoOnset - localOnset) * 10) / 10;
+          const diff = (a, b) => (a === null || b === null ? null : Math.round((a - b) * 10) / 10);
           const wall = (t) => (t === null ? null : Math.round(Date.now() - (performance.now() - t)));
-          setTimeout(() => resolve({ rtt, localAt: wall(localOnset), echoAt: wall(echoOnset) }), rest);
+          setTimeout(
+            () =>
+              resolve({
+                rtt: diff(echoOnset, localOnset),
+                trackRtt: diff(echoOnset, trackOnset),
+                localAt: wall(localOnset),
+                echoAt: wall(echoOnset),
+              }),
+            rest,
+          );
         }
       }, PROBE_POLL_MS);
     });
