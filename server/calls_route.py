@@ -108,7 +108,8 @@ class Dialer:
         except ValueError as exc:
             raise DialError(400, f"trunk {request.trunk!r}: {exc}") from None
         try:
-            destination = Peer("udp", await resolve(host, port))
+            transport = trunk.transport if trunk is not None else "udp"
+            destination = Peer(transport, await resolve(host, port))
         except OSError as exc:
             raise DialError(503, f"cannot resolve {host[:60]!r}: {exc}") from None
         try:

@@ -18,6 +18,13 @@ A :class:`Registration` keeps one binding of our Contact at a registrar:
   reason in :attr:`Registration.last_error`, retried after 30 s, doubling to
   10 min (or after ``Retry-After`` when the registrar says longer).
 * :meth:`Registration.stop`: ``Expires: 0`` to remove the binding (shutdown).
+
+The transport is the destination's (a trunk's ``transport``).  Over TCP the Via
+says ``SIP/2.0/TCP`` and our Contact carries ``;transport=tcp``, so the
+registrar reaches us the same way (RFC 3263: a bare ``sip:`` URI means UDP).
+Every REGISTER goes to the same :class:`Peer` address: the transport reuses its
+connection, and opens a new one when it dropped.  A connect failure or a reset
+comes back as a 503 (RFC 3261 §8.1.3.1): a failure, retried like any other.
 """
 
 from __future__ import annotations
@@ -105,12 +112,14 @@ class Registration:
         responses: Responses,
         login: Login | None,
         expires_s: int = 3600,
-        transport: TransportName = "udp",
+        transport: TransportName | None = None,
     ) -> None:
+        """``transport`` names the Via transport; default the destination's."""
         self.name = name
         self.aor = aor
         self.registrar_uri = registrar_uri
-        self.contact = contact
+        self.transport: TransportName = transport or destination.transport
+        self.contact = contact_for_transport(contact, self.transport)
         self.via_sent_by = via_sent_by
         self.destination = destination
         self._send = send
@@ -119,7 +128,6 @@ class Registration:
         self._digest = DigestClient(login) if login is not None else None
         self.expires_s = expires_s
         """The lifetime we ask for (s); raised by a 423."""
-        self.transport = transport
         self.call_id = new_call_id(via_sent_by.rpartition(":")[0] or "voxgate")
         self.tag = new_tag()
         self.cseq = 0
@@ -317,6 +325,14 @@ def _retry_after(response: Response | None) -> int | None:
     return None if response is None else _seconds(response.headers.get("Retry-After"), 7)
 
 
+def contact_for_transport(contact: str, transport: TransportName) -> str:
+    """``contact`` (a SIP URI) with ``;transport=tcp`` added for TCP, unless it
+    already names a transport."""
+    if transport != "tcp" or ";transport=" in contact.lower():
+        return contact
+    return contact + ";transport=tcp"
+
+
 def trunk_addresses(trunk: SipTrunk) -> tuple[str, str, tuple[str, int]]:
     """A trunk's (domain, registrar Request-URI, registrar host and port).
 
@@ -337,7 +353,8 @@ async def start_registrations(
     via_sent_by: str,
 ) -> list[Registration]:
     """A started :class:`Registration` for every trunk with ``register`` on; ``responses``
-    is the user agent (it routes the REGISTER responses).
+    is the user agent (it routes the REGISTER responses).  Each uses its trunk's
+    transport (``contact`` gets ``;transport=tcp`` for TCP).
 
     Registrar names are resolved once, here; a trunk whose registrar cannot be
     resolved is logged and left out.  Call :meth:`Registration.stop` on each at
@@ -359,7 +376,7 @@ async def start_registrations(
             registrar_uri=registrar_uri,
             contact=contact,
             via_sent_by=via_sent_by,
-            destination=Peer("udp", address),
+            destination=Peer(trunk.transport, address),
             send=send,
             scheduler=asyncio.get_running_loop(),
             responses=responses,

@@ -6,6 +6,12 @@ already-parsed facts (a status code, "a retransmission arrived") and go out
 as bytes through the ``send`` callback given at creation.  Over a reliable
 transport (TCP) nothing is retransmitted and the wait timers are zero.
 
+A transport error (a TCP connect refused or reset) reaches a client transaction
+as a final 503, made by :class:`~server.sip.transport.SipTransport` and routed
+like a received response (RFC 3261 §8.1.3.1, §17.1.4): the transaction ends at
+once instead of on Timer B/F.  The ACK a :class:`ClientInvite` sends for it is
+dropped by the transport.
+
 Timers are scheduled on a :class:`Scheduler` (the asyncio loop in the server,
 a manual clock in tests).  Times are seconds; T1 = 0.5, T2 = 4, T4 = 5.
 
@@ -195,7 +201,8 @@ class ClientNonInvite(_Transaction):
     """The client side of a non-INVITE request: see the module docstring.
 
     ``on_final(status)`` is called once with the final status, or with 408
-    when Timer F fires (RFC 3261 §8.1.3.1 treats a timeout as 408).
+    when Timer F fires (RFC 3261 §8.1.3.1 treats a timeout as 408; a transport
+    error arrives as a 503 response).
     """
 
     def __init__(
