@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from server.sip.message import Request, Response, make_request, parse_message, stamp_received
@@ -41,7 +43,11 @@ class FakeSession:
 
 
 class Harness:
-    def __init__(self, answer_delay_ms: int = 0, refuse: Refused | None = None) -> None:
+    def __init__(
+        self, answer_delay_ms: int = 0, refuse: Refused | None = None, caller: Peer = CALLER
+    ) -> None:
+        self.caller = caller
+        self.peers: list[Peer] = []
         self.clock = ManualClock()
         self.out: list[tuple[float, Response | Request]] = []
         self.sessions: list[FakeSession] = []
@@ -58,7 +64,9 @@ class Harness:
             return session
 
         def send(data: bytes, peer: Peer) -> None:
-            assert peer == CALLER
+            if caller.transport == "udp":
+                assert peer == CALLER
+            self.peers.append(peer)
             self.out.append((self.clock.now, parse_message(data)))
 
         self.ua = UserAgent(
@@ -75,8 +83,8 @@ class Harness:
         """As the transport delivers it: parsed again, top Via stamped."""
         parsed = parse_message(request.serialize())
         assert isinstance(parsed, Request)
-        stamp_received(parsed, CALLER.address)
-        self.ua.on_message(parsed, CALLER)
+        stamp_received(parsed, self.caller.address)
+        self.ua.on_message(parsed, self.caller)
 
     def statuses(self) -> list[int]:
         return [m.status for _, m in self.out if isinstance(m, Response)]
@@ -264,6 +272,29 @@ def test_our_hangup_sends_bye_until_answered() -> None:
     h.clock.advance(10)
     assert sum(1 for _, m in h.out if isinstance(m, Request) and m.method == "BYE") == 2
     assert h.sessions[0].log[-1] == ("ended", "idle")
+
+
+class FakeConnection:
+    """Stands in for a TCP connection: only whether it is closed matters here."""
+
+    closed = False
+
+
+def test_in_dialog_requests_to_a_tcp_caller_use_its_connection_or_else_its_contact() -> None:
+    connection = FakeConnection()
+    caller = Peer("tcp", ("127.0.0.1", 40123), cast(Any, connection))  # an ephemeral port
+    h = Harness(caller=caller)
+    answered_call(h)
+    control = h.sessions[0].control
+    assert control is not None
+    assert h.peers[-1].connection is connection  # answers go back on the connection
+    connection.closed = True  # the caller's connection went away
+    control.hangup("idle")
+    bye_peer = h.peers[-1]
+    assert isinstance(h.out[-1][1], Request) and h.out[-1][1].method == "BYE"
+    # Not the dead connection's ephemeral port: the Contact, over TCP (a new connection).
+    assert bye_peer.transport == "tcp" and bye_peer.address == ("127.0.0.1", 5080)
+    assert bye_peer.connection is None
 
 
 def test_a_200_never_acked_ends_with_bye() -> None:

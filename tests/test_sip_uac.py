@@ -47,6 +47,11 @@ class FakeOutbound:
         self.log.append(("offer", None))
         return OFFER
 
+    def early(self, answer: bytes) -> None:
+        self.log.append(("early", answer))
+        if b"G729" in answer:
+            raise MediaRefused("no common codec")
+
     def accept(self, answer: bytes) -> None:
         self.log.append(("accept", answer))
         if self.refuse_answer:

@@ -15,6 +15,16 @@ the request (by Via branch), and carries out the UAS rules:
   only; no such INVITE: 481.
 * re-INVITE (hold, resume, codec change): 200 with the new answer, 488 leaving
   the session as it was, 491 while another re-INVITE is in progress.
+* UPDATE (RFC 3311), always answered at once.  In a confirmed dialog (our 200
+  sent): without a body it is a session refresh (RFC 4028, as a re-INVITE: 422
+  below our Min-SE, else 200 with ``Session-Expires`` and the timer restarted);
+  with an SDP offer, 200 with our answer, 488 keeping the session, 491 while an
+  offer of ours awaits its answer (the 200 of a delayed offer before its ACK, our
+  offerless re-INVITE).  In an early dialog (the call still rings): 200 without
+  a body; with an offer, 500 and ``Retry-After: 0..10`` (RFC 3311 §5.2): the
+  INVITE's own offer is answered only in our 2xx, since we send no reliable
+  provisional responses (no 100rel), so that exchange is still open.  The same
+  holds in the early dialog of a call we place.  No dialog: 481.
 * BYE: 200 and the call ends; in no dialog: 481.  OPTIONS: 200 with what we
   allow, or 503 when the application refuses new calls.
 * Our hangup: BYE through the route set (Timer E/F); any final answer, or none,
@@ -28,7 +38,12 @@ the request (by Via branch), and carries out the UAS rules:
 Calls out: :meth:`UserAgent.invite` sends an INVITE (see :mod:`server.sip.uac`
 for the transaction, digest and CANCEL rules) and returns an
 :class:`OutboundCall`; its 2xx makes a dialog handled like the ones we answer
-(BYE either way, re-INVITEs, session timers).  Registrations
+(BYE either way, re-INVITEs, UPDATEs, session timers).  Early media (RFC 3264,
+RFC 6337 §3.1): the SDP of a 101-199 response is the answer for now and goes
+to :meth:`OutboundSession.early` (media may flow, the conversation waits); the
+2xx answer then goes to :meth:`OutboundSession.accept`, or, when the 2xx has no
+SDP, the last early answer stands.  A failure after early media ends the
+session like any failure.  Registrations
 (:mod:`server.sip.registration`) get their responses through :meth:`UserAgent.expect`.
 
 Malformed requests get 400 with the parser's reason; responses to requests we
@@ -39,6 +54,7 @@ transport as bytes; nothing here blocks.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
@@ -90,12 +106,14 @@ from server.sip.uac import (
 
 log = logging.getLogger(__name__)
 
-ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"
 SUPPORTED_OPTIONS: Final[frozenset[str]] = frozenset({"timer"})
 """Extensions we support (``Supported``/``Require`` tokens): session timers (RFC 4028)."""
 SUPPORTED: Final = ", ".join(sorted(SUPPORTED_OPTIONS))
 SDP: Final = "application/sdp"
 DEFAULT_TIMER_POLICY: Final = Policy()
+UPDATE_RETRY_AFTER_S: Final = (0, 10)
+"""RFC 3311 §5.2: the ``Retry-After`` of a 500 to an UPDATE offer is random in this range (s)."""
 
 
 class Refused(Exception):
@@ -125,7 +143,8 @@ class DialogSession(Protocol):
         ...
 
     def update(self, offer: bytes | None) -> bytes:
-        """A re-INVITE's offer: the new answer.  :class:`MediaRefused` keeps the old session."""
+        """A re-INVITE's or UPDATE's offer: the new answer (``None``: a re-INVITE without
+        SDP, answered with our offer).  :class:`MediaRefused` keeps the old session."""
         ...
 
     def ended(self, reason: str) -> None:
@@ -151,8 +170,16 @@ class OutboundSession(DialogSession, Protocol):
         """SDP offer for our INVITE (:class:`MediaRefused` when no media can be set up)."""
         ...
 
+    def early(self, answer: bytes) -> None:
+        """The callee's SDP answer in a 18x (early media): media may flow (ringback,
+        prompts), the conversation waits for :meth:`accept`.  Called again when a later
+        18x carries SDP.  :class:`MediaRefused`: that early answer is ignored."""
+        ...
+
     def accept(self, answer: bytes) -> None:
-        """The callee's SDP answer from its 2xx; :class:`MediaRefused` ends the call (BYE)."""
+        """The callee's SDP answer from its 2xx (it replaces an early one); the call starts.
+
+        :class:`MediaRefused` ends the call (BYE)."""
         ...
 
 
@@ -181,6 +208,10 @@ class UaStats:
     outbound_failed: int = 0
     refreshes: int = 0
     session_expired: int = 0
+    updates: int = 0
+    """UPDATE requests answered in a dialog, early or confirmed (any status)."""
+    early_media: int = 0
+    """Early answers (SDP in a 18x to our INVITE) taken."""
 
 
 @dataclass(eq=False, slots=True)
@@ -314,9 +345,10 @@ class UserAgent:
             "BYE": self._on_bye,
             "CANCEL": self._on_cancel,
             "OPTIONS": self._on_options,
+            "UPDATE": self._on_update,
         }.get(request.method)
         if handler is None:
-            status = 405 if request.method in ("INFO", "UPDATE", "PRACK", "REFER") else 501
+            status = 405 if request.method in ("INFO", "PRACK", "REFER") else 501
             self._respond_new(request, peer, status, headers=(("Allow", ALLOW),))
             return
         handler(request, peer)
@@ -443,15 +475,22 @@ class UserAgent:
             self._answer(call)
 
     def _dialog_response(
-        self, call: _Call, status: int, body: bytes = b"", request: Request | None = None
+        self,
+        call: _Call,
+        status: int,
+        body: bytes = b"",
+        request: Request | None = None,
+        *,
+        timer: bool = True,
     ) -> Response:
-        """A 18x/2xx in the call's dialog: To tag, Contact and Record-Route (§12.1.1)."""
+        """A 18x/2xx in the call's dialog: To tag, Contact and Record-Route (§12.1.1);
+        a 200 lists what we allow and support, and (``timer``) the session-timer terms."""
         request = request or call.invite
         headers = [("Contact", f"<{self.contact_for(call.peer)}>")]
         headers += [("Record-Route", rr) for rr in request.headers.get_all("Record-Route")]
         if status == 200:
             headers += [("Allow", ALLOW), ("Supported", SUPPORTED)]
-            if call.terms is not None:
+            if timer and call.terms is not None:
                 headers += call.terms.headers()
         return make_response(
             request,
@@ -592,6 +631,85 @@ class UserAgent:
         self._await_ack(call, data, self._tx_key(request)[:2], peer)
         self._run_timer(call, terms)  # a re-INVITE is a session refresh
 
+    def _on_update(self, request: Request, peer: Peer) -> None:
+        """UPDATE (RFC 3311): see the module docstring for every answer."""
+        call = self._dialog_of(request)
+        if call is None or call.session is None or call.state == "ended":
+            if not self._early_outbound_update(request, peer):
+                self._respond_new(request, peer, 481)
+            return
+        self.stats.updates += 1
+        tx = self._server_transaction(request, peer)
+        tag = call.dialog.local_tag
+
+        def reply(status: int, reason: str | None = None, *headers: tuple[str, str]) -> None:
+            response = make_response(request, status, reason, to_tag=tag, headers=headers)
+            tx.respond(status, response.serialize())
+
+        if not call.dialog.accept_remote_cseq(request):
+            reply(500, "CSeq out of order")
+            return
+        offer = request.body if request.content_type == SDP and request.body else None
+        if call.state == "ringing":
+            # An early dialog: the INVITE's offer/answer is open until our 2xx.
+            if offer is not None:
+                reply(500, "Offer Pending", _update_retry_after())
+                return
+            call.dialog.update_target(request)
+            ok = self._dialog_response(call, 200, request=request, timer=False)
+            tx.respond(200, ok.serialize())
+            return
+        if offer is not None and self._own_offer_pending(call):
+            reply(491)
+            return
+        try:
+            terms = negotiate_uas(request, self.timer_policy)
+        except (SessionTimerError, SipParseError) as exc:
+            reply(400, str(exc)[:120])
+            return
+        if isinstance(terms, TooSmall):
+            reply(422, None, *terms.headers())
+            return
+        sdp = b""
+        if offer is not None:
+            try:
+                sdp = call.session.update(offer)
+            except MediaRefused as exc:
+                reply(488, None, ("Warning", f'{exc.warning_code} {self.via_host} "{exc}"'))
+                return
+        call.dialog.update_target(request)
+        call.terms = terms
+        tx.respond(200, self._dialog_response(call, 200, sdp, request).serialize())
+        self._run_timer(call, terms)  # an UPDATE is a session refresh (RFC 4028 §9)
+
+    @staticmethod
+    def _own_offer_pending(call: _Call) -> bool:
+        """Whether an SDP offer of ours awaits its answer: the 200 to an INVITE without
+        SDP (answered in its ACK), or our re-INVITE without SDP (answered in our ACK)."""
+        awaiting_ack = call.two_xx is not None and not call.two_xx.acked
+        return (awaiting_ack and call.delayed_offer) or isinstance(call.refresh, ClientInvite)
+
+    def _early_outbound_update(self, request: Request, peer: Peer) -> bool:
+        """An UPDATE in the early dialog of a call we place: 200 without SDP, else 500
+        (our INVITE's offer has no reliable answer yet).  False: not such a request."""
+        outbound = self._outbound.get(request.call_id or "")
+        invite = outbound.invite if outbound is not None else None
+        if invite is None or request.from_tag is None:
+            return False
+        if invite.template.from_address.tag != request.to_tag:
+            return False
+        self.stats.updates += 1
+        if request.content_type == SDP and request.body:
+            self._respond_new(request, peer, 500, "Offer Pending", (_update_retry_after(),))
+            return True
+        headers = (
+            ("Contact", f"<{self.contact_for(peer)}>"),
+            ("Allow", ALLOW),
+            ("Supported", SUPPORTED),
+        )
+        self._respond_new(request, peer, 200, headers=headers)
+        return True
+
     def _dialog_of(self, request: Request) -> _Call | None:
         call_id, remote, local = request.call_id, request.from_tag, request.to_tag
         if call_id is None or remote is None or local is None:
@@ -635,9 +753,13 @@ class UserAgent:
 
     def _dialog_peer(self, call: _Call) -> Peer:
         """Where our requests in the call's dialog go: the caller's address (or TCP
-        connection) for calls we answer; the dialog's next hop for calls we placed."""
-        if not call.outbound:
-            return call.peer
+        connection) for calls we answer, unless that connection closed (then the
+        dialog's next hop, its Contact or Record-Route: a new connection to the
+        caller's ephemeral source port would be refused); the dialog's next hop for
+        calls we placed."""
+        peer = call.peer
+        if not call.outbound and not (peer.connection is not None and peer.connection.closed):
+            return peer
         try:
             return peer_for(call.dialog.next_hop(), call.peer.transport)
         except SipParseError:
@@ -969,12 +1091,17 @@ class UserAgent:
         session = handle.session
         if session is None:
             return
-        if response.content_type != SDP or not response.body:
+        answer = response.body if response.content_type == SDP else b""
+        if not answer and handle.early_answer:
+            # RFC 3261 wants the answer in the 2xx again; some gateways leave it out.
+            log.info("call %s: 2xx without SDP: the early answer stands", dialog.call_id)
+            answer = handle.early_answer
+        if not answer:
             log.info("call %s: 2xx without an SDP answer: hanging up", dialog.call_id)
             self._hangup(call, "no_answer_sdp")
             return
         try:
-            session.accept(response.body)
+            session.accept(answer)
         except MediaRefused as exc:
             log.info("call %s: unusable SDP answer (%s): hanging up", dialog.call_id, exc)
             self._hangup(call, "media_refused")
@@ -988,6 +1115,11 @@ class UserAgent:
     def _outbound_failed(self, handle: OutboundCall) -> None:
         self._outbound.pop(handle.call_id, None)
         self.stats.outbound_failed += 1
+
+
+def _update_retry_after() -> tuple[str, str]:
+    low, high = UPDATE_RETRY_AFTER_S
+    return ("Retry-After", str(random.randint(low, high)))
 
 
 OutboundState = Literal["calling", "proceeding", "answered", "failed", "ended"]
@@ -1011,6 +1143,8 @@ class OutboundCall:
         self.status: int | None = None
         """The final status of the INVITE (a 2xx, or the failure)."""
         self.reason: str | None = None
+        self.early_answer = b""
+        """The SDP answer of the last 18x taken as early media (empty: none)."""
         self._failed = False
         self._hangup_reason: str | None = None
 
@@ -1037,7 +1171,22 @@ class OutboundCall:
     # -- InviteListener ------------------------------------------------------------------
 
     def provisional(self, response: Response) -> None:
+        """A 1xx; one from the callee with SDP is its answer for now: early media."""
         log.debug("call %s: %d %s", self.call_id, response.status, response.reason)
+        session = self.session
+        if response.status == 100 or session is None or self._hangup_reason is not None:
+            return  # 100 is hop by hop; a call we are cancelling wants no media
+        if response.content_type != SDP or not response.body:
+            return
+        if response.body == self.early_answer:
+            return  # the same 18x again (or another with the same answer)
+        try:
+            session.early(response.body)
+        except MediaRefused as exc:
+            log.info("call %s: early answer in %d ignored (%s)", self.call_id, response.status, exc)
+            return
+        self.early_answer = response.body
+        self._ua.stats.early_media += 1
 
     def answered(self, dialog: Dialog, response: Response) -> None:
         self.status = response.status

@@ -5,8 +5,9 @@ follows it to a dialog or a failure; what happens in the dialog after that is
 the user agent's (:mod:`server.sip.ua`).  The rules it carries out:
 
 * Timer A/B through :class:`~server.sip.transaction.ClientInvite`; a timeout is a
-  408 failure.  1xx: ``proceeding``.  A ring that lasts ``ring_timeout_s`` is
-  cancelled.
+  408 failure.  1xx: ``proceeding``; every provisional response (SDP included:
+  the early answer of a 183) goes to :meth:`InviteListener.provisional`, which
+  decides about early media.  A ring that lasts ``ring_timeout_s`` is cancelled.
 * 2xx: the dialog (:meth:`Dialog.as_uac`) and its ACK, a new transaction with its
   own branch, sent through the route set with the INVITE's credentials; every
   retransmission of that 2xx gets the same ACK again for 64*T1.  A 2xx from a
@@ -155,7 +156,9 @@ class DigestClient:
 class InviteListener(Protocol):
     """What :class:`OutboundInvite` reports to its owner."""
 
-    def provisional(self, response: Response) -> None: ...
+    def provisional(self, response: Response) -> None:
+        """A 1xx of the current attempt (each one, retransmissions included)."""
+        ...
 
     def answered(self, dialog: Dialog, response: Response) -> None:
         """The first 2xx: ``dialog`` is set up and its ACK sent."""

@@ -9,6 +9,13 @@ without outbound audio sends silence so the stream never pauses.
 
 The agent answering is chosen by the Request-URI's user part (``[sip] routes``,
 default ``agent.name``).
+
+Calls we place may get early media: the SDP answer of a 18x starts the RTP
+session (ringback and carrier prompts arrive, our side sends silence, which
+also opens NAT pinholes) but not the call: the agent starts with the 2xx,
+whose answer replaces the early one where it differs.  No RTP during early
+media is no reason to hang up (the media timeout counts from the 2xx); a
+failure final ends the session and frees its ports like any other end.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
 from server.agents.loopback import LoopbackAgent
@@ -80,6 +88,8 @@ class SipCall:
         self._negotiation: Negotiation | None = None
         self.rtp: RtpSession | None = None
         self.call: Call | None = None
+        self.early_media_packets: int | None = None
+        """Audio packets taken in before the 2xx of a call we placed (None: no early media)."""
         self._sent_this_tick = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
@@ -110,7 +120,8 @@ class SipCall:
             self._release()
             code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
             raise MediaRefused(str(exc), code) from None
-        self._start(answer.media)
+        self._start_media(answer.media)
+        self._open_call(answer.media)
         return answer.serialize()
 
     # -- OutboundSession (calls we place) -----------------------------------------------
@@ -119,19 +130,38 @@ class SipCall:
         """The SDP offer of our INVITE."""
         return self._negotiate().offer().serialize()
 
+    def early(self, answer: bytes) -> None:
+        """The callee's answer in a 18x: early media, without the agent (see the module
+        docstring).  Until the 2xx the media timeout does not run: the session is told
+        the peer holds (RtpSession.update restarts the window when that changes)."""
+        media = replace(self._accept_answer(answer), on_hold=True)
+        if self.rtp is None:
+            self._start_media(media)
+            self.early_media_packets = 0
+        else:
+            self.rtp.update(media)
+
     def accept(self, answer: bytes) -> None:
-        """The callee's answer (in its 2xx): media starts, or follows a changed answer."""
+        """The callee's answer (in its 2xx): media starts, or follows an answer that
+        differs from the early one; then the call (and its agent) starts."""
+        media = self._accept_answer(answer)
+        if self.rtp is None:
+            self._start_media(media)
+        else:
+            if self.early_media_packets is not None and self.call is None:
+                self.early_media_packets = self.rtp.stats.audio_in
+            self.rtp.update(media)
+        self._open_call(media)
+
+    def _accept_answer(self, answer: bytes) -> Negotiated:
+        """The peer's answer to our offer, settled; :class:`MediaRefused` if unusable."""
         if self._negotiation is None or self._ended:
             raise MediaRefused("no offer pending", 399)
         try:
-            media = self._negotiation.accept(parse_sdp(answer))
+            return self._negotiation.accept(parse_sdp(answer))
         except (SdpError, OfferAnswerError) as exc:
             code = exc.warning_code if isinstance(exc, OfferAnswerError) else 399
             raise MediaRefused(str(exc), code) from None
-        if self.rtp is None:
-            self._start(media)
-        else:
-            self.rtp.update(media)
 
     def confirmed(self, ack_body: bytes) -> None:
         if self._negotiation is None or self._ended:
@@ -148,9 +178,10 @@ class SipCall:
             self._control.hangup("bad_ack_sdp")
             return
         if self.rtp is None:
-            self._start(media)
+            self._start_media(media)
         else:
             self.rtp.update(media)
+        self._open_call(media)
 
     def update(self, offer: bytes | None) -> bytes:
         negotiation = self._negotiation
@@ -183,7 +214,8 @@ class SipCall:
 
     # -- media -----------------------------------------------------------------------
 
-    def _start(self, media: Negotiated) -> None:
+    def _start_media(self, media: Negotiated) -> None:
+        """The RTP session on our port pair, ticked from now on."""
         pair = self._pair
         assert pair is not None
         self.rtp = RtpSession(
@@ -197,8 +229,13 @@ class SipCall:
             wait_for_peer=self._config.rtp_wait_for_peer,
         )
         self._loop.create_task(self.rtp.start())
-        self.call = self._registry.open_call(self.call_id, self, agent=self._agent)
         self._media.calls.add(self)
+
+    def _open_call(self, media: Negotiated) -> None:
+        """The call and its agent (once): the conversation starts."""
+        if self.call is not None or self._ended:
+            return
+        self.call = self._registry.open_call(self.call_id, self, agent=self._agent)
         self.call.on_event(
             CallStarted(
                 self.call_id,
