@@ -189,3 +189,38 @@ async def test_pipeline_agent_in_the_browser(
     assert kinds.get("greeting") == "answered"
     assert any(t["kind"] == "user" and t["outcome"] == "interrupted" for t in summary["turns"])
     assert any(t["stages_ms"] for t in state["turns"]), "no per-stage breakdown in the page"
+
+
+@pytest.fixture
+def loopback_server(tmp_path: Path) -> Iterator[tuple[SpawnedServer, str]]:
+    chromium_for_tests()
+    yield from _server(tmp_path, "loopback")
+
+
+async def test_round_trip_probes_time_every_burst_with_the_loopback_agent(
+    loopback_server: tuple[SpawnedServer, str], tmp_path: Path
+) -> None:
+    """The page's two round-trip probes (what ``voxgate bench webrtc`` runs): each
+    burst is echoed, detected, and timed after its own onset and before the next."""
+    from bench.webrtc_roundtrip import TONE_WAV_PERIOD_MS, tone_bursts_wav
+
+    _, base = loopback_server
+    wav = tone_bursts_wav(tmp_path / "bursts.wav", seconds=20)
+    async with Browser.launch(
+        fake_audio_wav=wav, loop_audio=True, log_path=tmp_path / "chromium.log"
+    ) as browser:
+        page = await browser.new_page(base + "/")
+        await page.evaluate(f"voxgate.start({{audio: {RAW_AUDIO}}})", await_promise=True)
+        probe = await page.evaluate(
+            "voxgate.measureRoundTrip({count: 4})", await_promise=True, timeout_s=30
+        )
+        mic = await page.evaluate(
+            "voxgate.measureMicRoundTrip({count: 4})", await_promise=True, timeout_s=30
+        )
+        await page.evaluate("voxgate.stop()", await_promise=True)
+    assert probe["sent"] == 4 and probe["detected"] >= 3, probe
+    assert mic["sent"] == 4 and mic["detected"] >= 3, mic
+    for samples in (probe["samples"], probe["track_samples"], mic["samples"]):
+        assert samples and all(0 < ms < TONE_WAV_PERIOD_MS for ms in samples), samples
+    # The sent track carries the tone after the oscillator's graph does.
+    assert probe["track_median_ms"] <= probe["median_ms"]

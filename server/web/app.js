@@ -635,6 +635,66 @@
     };
   }
 
+  /**
+   * The round trip of the microphone's own sound, for a mic that plays tone
+   * bursts (a test rig's fake capture device): each rise of the mic's level
+   * above `thresholdDb` after at least `quietMs` of quiet is timed to the next
+   * rise of the remote level, both read the same way (a 256-sample analyser fed
+   * by the track, polled). Unlike `measureRoundTrip` nothing is put in place of
+   * the mic: this is the path a caller's voice takes. Resolves to `{samples:
+   * [ms], median_ms, detected, sent}` after `count` mic onsets.
+   */
+  async function measureMicRoundTrip({ count = 8, gapMs = 700, quietMs = 150, thresholdDb = -35 } = {}) {
+    const s = session;
+    if (!s || !s.pc || s.pc.connectionState !== "connected") throw new Error("not connected");
+    if (!s.remoteMeter) throw new Error("no remote audio track yet");
+    if (s.probing) throw new Error("a round-trip measurement is already running");
+    s.probing = true;
+    const micMeter = makeMeter(s.ctx, s.mic, 256);
+    const samples = [];
+    let sent = 0;
+    try {
+      await new Promise((resolve) => {
+        let micQuietSince = performance.now(); // the mic's last loud poll
+        let onset = null;
+        let remoteWasQuiet = false;
+        const timer = setInterval(() => {
+          const now = performance.now();
+          const micLoud = rmsDb(micMeter) > thresholdDb;
+          const remoteLoud = rmsDb(s.remoteMeter) > thresholdDb;
+          if (s !== session || sent >= count) {
+            clearInterval(timer);
+            resolve();
+            return;
+          }
+          if (onset === null) {
+            if (!micLoud) return;
+            if (now - micQuietSince >= quietMs) {
+              onset = now;
+              remoteWasQuiet = !remoteLoud;
+              sent++;
+            }
+            micQuietSince = now;
+            return;
+          }
+          if (micLoud) micQuietSince = now; // the time of the mic's last loud poll
+          if (remoteLoud && remoteWasQuiet) {
+            samples.push(Math.round((now - onset) * 10) / 10);
+            onset = null;
+          } else if (!remoteLoud) {
+            remoteWasQuiet = true;
+          }
+          if (onset !== null && now - onset > gapMs) onset = null; // no echo: not detected
+        }, PROBE_POLL_MS);
+      });
+    } finally {
+      micMeter.source.disconnect();
+      s.probing = false;
+    }
+    if (s !== session) throw new Error("the call ended during the measurement");
+    return { samples, median_ms: median(samples), detected: samples.length, sent };
+  }
+
   /** Waits until the remote level stayed at or below `thresholdDb` for PROBE_QUIET_MS (capped). */
   async function waitRemoteQuiet(remoteMeter, thresholdDb, isStopped) {
     const began = performance.now();
@@ -715,6 +775,7 @@
     sendText,
     sendDigits,
     measureRoundTrip,
+    measureMicRoundTrip,
     micLevelDb: () => levels.mic,
     remoteLevelDb: () => levels.remote,
   });
