@@ -53,6 +53,8 @@ class CallRegistry:
         self.tickers: list[Ticker] = []
         """Media that moves with the clock around the calls' tick (RTP sessions)."""
         self.clock = MediaClock(self._tick)
+        self._skipped_reported = 0
+        """Ticks the clock skipped that ``/metrics`` already counts."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -109,6 +111,9 @@ class CallRegistry:
             ticker.after_tick()
         stats = self.clock.stats
         self.metrics.clock_lateness.observe(max(0.0, stats.late_ms_last) / 1000)
+        if stats.skipped > self._skipped_reported:
+            self.metrics.clock_skipped.inc(stats.skipped - self._skipped_reported)
+            self._skipped_reported = stats.skipped
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new calls and wait for live ones to end; ``True`` if they all did."""
