@@ -96,6 +96,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sip.add_argument("--start", type=int, default=100, help="capacity search: first step")
     sip.add_argument("--step", type=int, default=100, help="capacity search: calls per step")
     sip.add_argument("--max", type=int, default=2000, help="capacity search: last step")
+    sip.add_argument(
+        "--flood-rate",
+        type=float,
+        default=0.0,
+        help="new INVITEs per second while every call is live, each to be refused with 503 "
+        "(a spawned server's max_calls is set to --calls)",
+    )
     webrtc = bench_kinds.add_parser(
         "webrtc",
         help="browser -> server -> browser round trip in headless Chromium (from a checkout)",

@@ -426,16 +426,19 @@ def spawn_server(
     log_path: Path | None = None,
     config: Path | None = None,
     sip_port: int = 0,
+    *,
+    max_calls: int = 100_000,
 ) -> SpawnedServer:
     """Start ``voxgate serve`` on a free loopback port, pinned to ``core``.
 
     The agent is the echo agent, unless ``config`` (a TOML file) says otherwise.
-    SIP is off unless ``sip_port`` is given.
+    SIP is off unless ``sip_port`` is given.  Calls beyond ``max_calls`` are
+    refused (503 over SIP).
     """
     port = free_port()
     env = dict(os.environ)
     env["VOXGATE_SIP__PORT"] = str(sip_port)
-    env["VOXGATE_SERVER__MAX_CALLS"] = "100000"
+    env["VOXGATE_SERVER__MAX_CALLS"] = str(max_calls)
     env["VOXGATE_SERVER__LOG_LEVEL"] = "warning"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(

@@ -300,6 +300,22 @@ class RtpPorts:
 # ------------------------------------------------------------------------ the caller
 
 
+def non_2xx_ack(invite: Request, response: Response) -> bytes:
+    """The hop-by-hop ACK of a failure response to ``invite`` (RFC 3261 §17.1.1.3):
+    the INVITE's Request-URI, Via (same branch), From, Call-ID and CSeq number, and
+    the response's To (with the tag the server gave)."""
+    ack = make_request(
+        "ACK",
+        invite.uri,
+        call_id=invite.call_id or "",
+        from_addr=invite.headers.get("From") or "",
+        to_addr=response.headers.get("To") or invite.headers.get("To") or "",
+        cseq=invite.cseq().number,
+        via=invite.headers.get("Via") or "",
+    )
+    return ack.serialize()
+
+
 class SipCaller:
     """One call: :meth:`start`, then :meth:`on_sip` per message for its Call-ID and
     :meth:`tick` every 20 ms once :attr:`media_started`; ``on_done`` is called once
@@ -468,20 +484,9 @@ class SipCaller:
         self.media_started = True
 
     def _non_2xx_ack(self) -> bytes:
-        """The hop-by-hop ACK of a failure response (RFC 3261 §17.1.1.3)."""
         invite, response = self._invite, self._last_response
         assert invite is not None and response is not None
-        to = response.headers.get("To") or invite.headers.get("To") or ""
-        ack = make_request(
-            "ACK",
-            invite.uri,
-            call_id=self.call_id,
-            from_addr=invite.headers.get("From") or "",
-            to_addr=to,
-            cseq=invite.cseq().number,
-            via=invite.headers.get("Via") or self._via(),
-        )
-        return ack.serialize()
+        return non_2xx_ack(invite, response)
 
     def _on_request(self, request: Request, source: tuple[str, int]) -> None:
         if request.method == "ACK":

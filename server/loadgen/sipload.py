@@ -15,6 +15,11 @@ them, so the server sees packets spread over the period as from real
 carriers.  How late each slot ran is the generator's own lateness; a run where
 it fell a whole period behind does not measure the server (``valid`` false).
 
+With a flood (:attr:`SipLoadPlan.flood_rate_per_s`), one more worker process
+(:class:`SipFlooder`) sends new INVITEs at that rate while every call is live,
+to a server whose ``max_calls`` the calls fill: each must be refused with 503
+and Retry-After, and the live calls must not notice (lateness, gaps, echoes).
+
 Everything stays on 127.0.0.1.
 """
 
@@ -63,8 +68,19 @@ from server.loadgen.sipcall import (
     SipMetricsWire,
     SipTiming,
     Utterance,
+    non_2xx_ack,
 )
-from server.sip.message import Request, SipParseError, make_response, parse_message
+from server.sip.dialog import Dialog, new_branch, new_call_id, new_tag
+from server.sip.message import (
+    Request,
+    Response,
+    SipParseError,
+    make_request,
+    make_response,
+    parse_message,
+)
+from server.sip.offeranswer import make_offer
+from server.sip.transaction import ClientInvite, ClientNonInvite
 
 SLOTS: Final = 10
 PERIOD_S: Final = 0.020
@@ -80,7 +96,13 @@ GENERATOR_LATENESS_LIMIT_MS: Final = 5.0
 GENERATOR_MAX_SKIPPED_SHARE: Final = 0.001
 """A run is invalid when the generator lost more than this share of its slot runs (a
 rare stall of one period is jitter the server must absorb anyway)."""
+FLOOD_MARGIN_S: Final = 1.0
+"""The flood starts this long after the last call's INVITE and stops this long before
+the first call's BYE, so that it only meets a server full of live calls."""
+FLOOD_GRACE_S: Final = 5.0
+"""How long after its last INVITE the flood waits for the final responses."""
 LOCAL_HOST: Final = "127.0.0.1"
+_FLOOD_USER_AGENT: Final = "voxgate-bench-flood"
 CALLER_PORTS: Final = (40000, 60000)
 """The callers' RTP/RTCP port pairs, shared out between the workers."""
 RTP_PORTS: Final = "20000-29999"
@@ -116,6 +138,45 @@ class SipSlo(msgspec.Struct, frozen=True, kw_only=True):
 # ------------------------------------------------------------------- the workers
 
 
+class FloodSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """New INVITEs, one every ``1 / rate_per_s`` s from ``start_at_s`` until
+    ``stop_at_s`` (:func:`time.monotonic` seconds)."""
+
+    rate_per_s: float
+    start_at_s: float
+    stop_at_s: float
+
+
+class FloodResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the flood's INVITEs got back (counts of INVITEs)."""
+
+    sent: int = 0
+    finals: dict[str, int] = msgspec.field(default_factory=dict)
+    """Final status -> INVITEs that got it (408: no answer within Timer B)."""
+    retry_after: int = 0
+    """503s carrying a Retry-After of whole seconds (RFC 3261 §20.33)."""
+    answered: int = 0
+    """2xx: a call set up beyond ``max_calls`` (ACKed and hung up at once)."""
+    unanswered: int = 0
+    """No final response when the flood ended."""
+
+    def merge(self, other: FloodResult) -> FloodResult:
+        finals = dict(self.finals)
+        for status, n in other.finals.items():
+            finals[status] = finals.get(status, 0) + n
+        return FloodResult(
+            sent=self.sent + other.sent,
+            finals=finals,
+            retry_after=self.retry_after + other.retry_after,
+            answered=self.answered + other.answered,
+            unanswered=self.unanswered + other.unanswered,
+        )
+
+    @property
+    def refused_503(self) -> int:
+        return self.finals.get("503", 0)
+
+
 class SipWorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     server: tuple[str, int]
     """The server's SIP address (UDP)."""
@@ -134,6 +195,8 @@ class SipWorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     timing: SipTiming = SipTiming()
     cpus: list[int] | None = None
     seed: int = 0
+    flood: FloodSpec | None = None
+    """Set: this worker places no calls and floods instead (:class:`SipFlooder`)."""
 
 
 class SipWorkerResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +206,7 @@ class SipWorkerResult(msgspec.Struct, frozen=True, kw_only=True):
     skipped_slot_runs: int
     """Slot runs lost because the generator fell a whole period behind."""
     cpu_s: float
+    flood: FloodResult | None = None
 
 
 class _SipProtocol(asyncio.DatagramProtocol):
@@ -278,6 +342,231 @@ class SipWorker:
         self._arm()
 
 
+# --------------------------------------------------------------------- the flood
+
+
+@dataclass(slots=True)
+class _FloodInvite:
+    """One flood INVITE, its client transaction and what came back."""
+
+    invite: Request
+    tx: ClientInvite | None = None
+    response: Response | None = None
+    """The latest response to the INVITE (what ``tx`` reports on)."""
+    final: int = 0
+    ack: bytes | None = None
+    """The ACK of a 2xx, sent again for each retransmitted 2xx."""
+
+
+class _FloodProtocol(asyncio.DatagramProtocol):
+    def __init__(self, flooder: SipFlooder) -> None:
+        self.flooder = flooder
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.flooder.on_datagram(data)
+
+
+class SipFlooder:
+    """A worker that places no calls: new INVITEs at ``spec.flood``'s rate, each a
+    new Call-ID over one UDP socket, for a server that should refuse them.
+
+    Every INVITE runs an RFC 3261 client transaction (resent on Timer A until a
+    response, so a datagram the server's socket dropped is not taken for an
+    unanswered INVITE); a failure response is ACKed by it, a 2xx is ACKed and
+    the call hung up at once.  Each INVITE is counted once, by its final status.
+    """
+
+    def __init__(self, spec: SipWorkerSpec) -> None:
+        if spec.flood is None or spec.flood.rate_per_s <= 0:
+            raise ValueError("a flood worker needs a flood with a positive rate")
+        self.spec = spec
+        self.flood = spec.flood
+        self._invites: dict[str, _FloodInvite] = {}
+        self._finals: dict[str, int] = {}
+        self._sent = 0
+        self._pending = 0
+        self._retry_after = 0
+        self._answered = 0
+        self._sending = True
+        self._settled = asyncio.Event()
+        self._offer = b""
+        self._local: tuple[str, int] = (LOCAL_HOST, 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def run(self) -> SipWorkerResult:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        cpu0 = time.process_time()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _FloodProtocol(self), local_addr=(LOCAL_HOST, 0)
+        )
+        self._transport = transport
+        self._local = transport.get_extra_info("sockname")[:2]
+        # A flood call that is answered after all sends its RTP here (never read).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as media:
+            media.bind((LOCAL_HOST, 0))
+            offer = make_offer(
+                local_ip=LOCAL_HOST,
+                rtp_port=media.getsockname()[1],
+                session_id=self.spec.seed & 0x7FFFFFFF,
+                session_version=1,
+                codecs=("PCMU",),
+            )
+            self._offer = offer.serialize()
+            self._timer = loop.call_at(self.flood.start_at_s, self._fire)
+            deadline = self.flood.stop_at_s + FLOOD_GRACE_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), max(0.0, deadline - time.monotonic()))
+        if self._timer is not None:
+            self._timer.cancel()
+        for entry in self._invites.values():
+            if entry.tx is not None:
+                entry.tx.terminate()
+        transport.close()
+        return SipWorkerResult(
+            metrics=SipMetricsWire.of(SipMetrics()),
+            slot_lateness_ms=b"",
+            skipped_slot_runs=0,
+            cpu_s=time.process_time() - cpu0,
+            flood=FloodResult(
+                sent=self._sent,
+                finals=dict(self._finals),
+                retry_after=self._retry_after,
+                answered=self._answered,
+                unanswered=self._pending,
+            ),
+        )
+
+    def _fire(self) -> None:
+        """Send every INVITE due by now, then wait for the next one."""
+        assert self._loop is not None
+        flood = self.flood
+        now = time.monotonic()
+        while True:
+            at = flood.start_at_s + self._sent / flood.rate_per_s
+            if at >= flood.stop_at_s:
+                self._timer = None
+                self._sending = False
+                self._check_settled()
+                return
+            if at > now + EARLY_S:
+                break
+            self._send_invite()
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def _via(self) -> str:
+        host, port = self._local
+        return f"SIP/2.0/UDP {host}:{port};branch={new_branch()};rport"
+
+    def _send_sip(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, self.spec.server)
+
+    def _send_invite(self) -> None:
+        assert self._loop is not None
+        host, port = self._local
+        server_host, server_port = self.spec.server
+        index = self._sent
+        call_id = new_call_id(host)
+        invite = make_request(
+            "INVITE",
+            f"sip:{self.spec.user}@{server_host}:{server_port}",
+            call_id=call_id,
+            from_addr=f"<sip:flood{index}@{host}>;tag={new_tag()}",
+            to_addr=f"<sip:{self.spec.user}@{server_host}:{server_port}>",
+            cseq=1,
+            via=self._via(),
+            contact=f"<sip:flood{index}@{host}:{port}>",
+            headers=(("User-Agent", _FLOOD_USER_AGENT),),
+            body=self._offer,
+            content_type="application/sdp",
+        )
+        entry = _FloodInvite(invite)
+        self._invites[call_id] = entry
+        self._sent += 1
+        self._pending += 1
+
+        def on_status(status: int) -> None:
+            self._on_status(entry, status)
+
+        def make_ack() -> bytes:
+            assert entry.response is not None
+            return non_2xx_ack(entry.invite, entry.response)
+
+        entry.tx = ClientInvite(
+            invite.serialize(),
+            self._send_sip,
+            self._loop,
+            False,
+            on_response=on_status,
+            make_ack=make_ack,
+        )
+
+    def on_datagram(self, data: bytes) -> None:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            return
+        entry = self._invites.get(message.call_id or "")
+        if entry is None:
+            return
+        if isinstance(message, Request):
+            # The server hanging up an answered flood call: say yes.
+            if message.method != "ACK":
+                with contextlib.suppress(SipParseError, ValueError):
+                    self._send_sip(make_response(message, 200).serialize())
+            return
+        try:
+            method = message.cseq().method
+        except SipParseError:
+            return
+        if method != "INVITE":
+            return  # the BYE's responses
+        entry.response = message
+        tx = entry.tx
+        if tx is not None and not tx.terminated:
+            tx.on_response(message.status)
+        elif 200 <= message.status < 300 and entry.ack is not None:
+            self._send_sip(entry.ack)  # a retransmitted 2xx: ACK it again
+
+    def _on_status(self, entry: _FloodInvite, status: int) -> None:
+        if status < 200 or entry.final:
+            return
+        entry.final = status
+        self._pending -= 1
+        key = str(status)
+        self._finals[key] = self._finals.get(key, 0) + 1
+        response = entry.response
+        if status == 503 and response is not None:
+            retry_after = (response.headers.get("Retry-After") or "").split(";")[0].strip()
+            if retry_after.isdigit():
+                self._retry_after += 1
+        if 200 <= status < 300 and response is not None:
+            self._answered += 1
+            self._hang_up(entry, response)
+        self._check_settled()
+
+    def _hang_up(self, entry: _FloodInvite, response: Response) -> None:
+        """ACK a 2xx (a call the server should have refused) and send BYE at once."""
+        assert self._loop is not None
+        try:
+            dialog = Dialog.as_uac(entry.invite, response)
+        except SipParseError:
+            return
+        entry.ack = dialog.request("ACK", via=self._via()).serialize()
+        self._send_sip(entry.ack)
+        bye = dialog.request("BYE", via=self._via(), headers=(("User-Agent", _FLOOD_USER_AGENT),))
+        ClientNonInvite(
+            bye.serialize(), self._send_sip, self._loop, False, on_final=lambda status: None
+        )
+
+    def _check_settled(self) -> None:
+        if not self._sending and self._pending <= 0:
+            self._settled.set()
+
+
 def worker_main() -> int:
     """The worker process: spec on stdin, result to the file named by ``argv[1]``."""
     spec = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=SipWorkerSpec)
@@ -286,12 +575,13 @@ def worker_main() -> int:
     gc.disable()
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
+    worker = SipFlooder(spec) if spec.flood is not None else SipWorker(spec)
     try:
         import uvloop
 
-        result = uvloop.run(SipWorker(spec).run())
+        result = uvloop.run(worker.run())
     except ImportError:
-        result = asyncio.run(SipWorker(spec).run())
+        result = asyncio.run(worker.run())
     with open(sys.argv[1], "wb") as out:
         out.write(msgspec.msgpack.encode(result))
     return 0
@@ -319,6 +609,9 @@ class SipLoadPlan:
     timing: SipTiming = field(default_factory=SipTiming)
     slo: SipSlo = field(default_factory=SipSlo)
     seed: int = 1
+    flood_rate_per_s: float = 0.0
+    """New INVITEs per second while every call is live (0: no flood).  The server's
+    ``max_calls`` should equal :attr:`calls`, so that each is refused."""
 
     def effective_ramp_s(self) -> float:
         if self.ramp_s is not None:
@@ -328,6 +621,18 @@ class SipLoadPlan:
     def effective_workers(self) -> int:
         return min(self.calls, self.workers or max(1, math.ceil(self.calls / CALLS_PER_WORKER)))
 
+    def flood_window(self, start_at: float) -> tuple[float, float]:
+        """``(start, stop)`` of the flood (monotonic s) for calls starting at ``start_at``:
+        after the last call's INVITE, before the first call's BYE (:data:`FLOOD_MARGIN_S`)."""
+        start = start_at + self.effective_ramp_s() + FLOOD_MARGIN_S
+        stop = start_at + self.duration_s - FLOOD_MARGIN_S
+        if stop - start < 1.0:
+            raise ValueError(
+                "a flood needs every call live for over "
+                f"{2 * FLOOD_MARGIN_S + 1:.0f} s: make the duration longer than the ramp by that"
+            )
+        return start, stop
+
 
 def run_sip_load(plan: SipLoadPlan, audio: tuple[bytes, bytes] | None = None) -> dict[str, Any]:
     """Run one load test and return its summary (see :func:`summarise`)."""
@@ -336,9 +641,13 @@ def run_sip_load(plan: SipLoadPlan, audio: tuple[bytes, bytes] | None = None) ->
     ramp_s = plan.effective_ramp_s()
     if ramp_s >= plan.duration_s:
         raise ValueError("the ramp must be shorter than the duration, or calls never all overlap")
+    if plan.flood_rate_per_s < 0:
+        raise ValueError("the flood rate must not be negative")
     utterances = list(audio or caller_audio())
     n_workers = plan.effective_workers()
-    start_at = time.monotonic() + 1.0 + 0.3 * n_workers  # workers start their interpreters
+    flooding = plan.flood_rate_per_s > 0
+    # Workers (and the flooder) start their interpreters meanwhile.
+    start_at = time.monotonic() + 1.0 + 0.3 * (n_workers + flooding)
     indices = list(range(plan.calls))
     specs = []
     for w in range(n_workers):
@@ -357,6 +666,26 @@ def run_sip_load(plan: SipLoadPlan, audio: tuple[bytes, bytes] | None = None) ->
                 timing=plan.timing,
                 cpus=plan.generator_cpus,
                 seed=plan.seed * 1000 + w,
+            )
+        )
+    if flooding:
+        flood_start, flood_stop = plan.flood_window(start_at)
+        specs.append(
+            SipWorkerSpec(
+                server=plan.server,
+                user=plan.user,
+                indices=[],
+                start_at_s=start_at,
+                ramp_s=0.0,
+                duration_s=plan.duration_s,
+                utterances=[],
+                cpus=plan.generator_cpus,
+                seed=plan.seed * 1000 + n_workers,
+                flood=FloodSpec(
+                    rate_per_s=plan.flood_rate_per_s,
+                    start_at_s=flood_start,
+                    stop_at_s=flood_stop,
+                ),
             )
         )
     results, failures, monitor = run_workers(
@@ -399,7 +728,11 @@ def summarise(
     slot_lateness = array("d")
     generator_cpu_s = 0.0
     skipped = 0
+    flood: FloodResult | None = None
     for r in results:
+        if r.flood is not None:
+            flood = r.flood if flood is None else flood.merge(r.flood)
+            continue  # the flooder's CPU is not the callers' cost
         m.merge(r.metrics.metrics())
         slot_lateness.frombytes(r.slot_lateness_ms)
         generator_cpu_s += r.cpu_s
@@ -474,6 +807,15 @@ def summarise(
         summary["server"] = _server_summary(monitor.samples, plan, start_at, ramp_s)
     if server_metrics is not None:
         summary["server_metrics"] = server_metrics
+    if plan.flood_rate_per_s > 0:
+        if flood is None:
+            flood = FloodResult()
+            errors["flood_worker_failed"] = 1
+        summary["flood"] = {
+            "rate_per_s": plan.flood_rate_per_s,
+            **msgspec.to_builtins(flood),
+            "refused_503": flood.refused_503,
+        }
     summary["slo"] = check_slo(summary, plan.slo)
     return summary
 
@@ -557,6 +899,14 @@ def check_slo(summary: dict[str, Any], slo: SipSlo) -> dict[str, Any]:
             "ok": cpu is None or cpu <= slo.max_server_cpu,
         },
     }
+    flood = summary.get("flood")
+    if flood is not None:
+        # Every flood INVITE refused with 503 and a Retry-After, none answered or lost.
+        checks["flood_refused"] = {
+            "value": flood["retry_after"],
+            "limit": flood["sent"],
+            "ok": 0 < flood["sent"] == flood["refused_503"] == flood["retry_after"],
+        }
     return {
         "checks": checks,
         "passed": all(c["ok"] for c in checks.values()),
@@ -580,6 +930,13 @@ def step_line(summary: dict[str, Any]) -> str:
     if not slo["valid"]:
         verdict += " (generator behind: invalid)"
     failed = [name for name, check in slo["checks"].items() if not check["ok"]]
+    flood = summary.get("flood")
+    flooded = (
+        f"flood {flood['sent']} INVITEs at {flood['rate_per_s']:g}/s: "
+        f"{flood['retry_after']} x 503 + Retry-After  "
+        if flood is not None
+        else ""
+    )
     return (
         f"{summary['calls']:5d} calls  answered {summary['calls_answered']}  "
         f"setup p99 {summary['setup_ms']['p99']} ms  "
@@ -588,7 +945,7 @@ def step_line(summary: dict[str, Any]) -> str:
         f"echo {summary['echo']['exact']}/{summary['echo']['replies']} exact  "
         f"errors {sum(summary['errors'].values())}  "
         f"cpu {server.get('cpu_fraction_at_full_load')}  "
-        f"rss/call {server.get('rss_per_call_mb')} MB  {verdict}"
+        f"rss/call {server.get('rss_per_call_mb')} MB  {flooded}{verdict}"
         + (f" ({', '.join(failed)})" if failed else "")
     )
 
@@ -608,6 +965,7 @@ def read_server_metrics(http_url: str) -> dict[str, Any] | None:
     ended: dict[str, int] = {}
     refused: dict[str, int] = {}
     bad: dict[str, int] = {}
+    frames_in: dict[str, int] = {}
     buckets: list[tuple[float, float]] = []
     out: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
@@ -618,6 +976,9 @@ def read_server_metrics(http_url: str) -> dict[str, Any] | None:
                 refused[s.labels["reason"]] = int(s.value)
             elif s.name == "voxgate_bad_messages_total":
                 bad[s.labels["transport"]] = int(s.value)
+            elif s.name == "voxgate_media_frames_in_total" and s.labels.get("transport") == "sip":
+                # Caller audio played by ended calls: concealed/silence ones were made up.
+                frames_in[s.labels["kind"]] = int(s.value)
             elif s.name == "voxgate_media_clock_skipped_ticks_total":
                 out["clock_skipped_ticks"] = int(s.value)
             elif s.name == "voxgate_media_clock_lateness_seconds_bucket":
@@ -627,6 +988,8 @@ def read_server_metrics(http_url: str) -> dict[str, Any] | None:
     out["sip_calls_ended"] = ended
     out["refused_calls"] = refused
     out["bad_messages"] = bad
+    if frames_in:
+        out["media_frames_in"] = frames_in
     out["clock_lateness"] = _histogram_summary(sorted(buckets))
     return out
 
@@ -687,15 +1050,19 @@ class SipServer:
             shutil.rmtree(self.config_dir, ignore_errors=True)
 
 
-def spawn_sip_server(core: int, log_path: Path | None = None) -> SipServer:
+def spawn_sip_server(
+    core: int, log_path: Path | None = None, *, max_calls: int = 100_000
+) -> SipServer:
     """``voxgate serve`` with the echo agent, SIP on a free port, RTP from
-    :data:`RTP_PORTS`, pinned to ``core``."""
+    :data:`RTP_PORTS`, pinned to ``core``; calls beyond ``max_calls`` get 503."""
     config_dir = Path(tempfile.mkdtemp(prefix="voxgate-sipbench-"))
     config = config_dir / "voxgate.toml"
     config.write_text(SERVER_TOML)
     sip_port = free_sip_port()
     try:
-        spawned = spawn_server(core, 200, log_path, config=config, sip_port=sip_port)
+        spawned = spawn_server(
+            core, 200, log_path, config=config, sip_port=sip_port, max_calls=max_calls
+        )
     except BaseException:
         shutil.rmtree(config_dir, ignore_errors=True)
         raise
@@ -729,7 +1096,7 @@ def find_capacity(
     calls = start
     stopped_by = "maximum reached"
     while calls <= maximum:
-        server = spawn_sip_server(server_core, log_path)
+        server = spawn_sip_server(server_core, log_path, max_calls=_max_calls(plan, calls))
         try:
             step_plan = SipLoadPlan(
                 server=server.sip,
@@ -744,6 +1111,7 @@ def find_capacity(
                 timing=plan.timing,
                 slo=plan.slo,
                 seed=plan.seed + calls,
+                flood_rate_per_s=plan.flood_rate_per_s,
             )
             summary = run_sip_load(step_plan, audio)
         finally:
@@ -774,6 +1142,12 @@ def find_capacity(
     }
 
 
+def _max_calls(plan: SipLoadPlan, calls: int) -> int:
+    """A spawned server's ``max_calls``: the calls exactly when flooding (so the flood
+    meets a full server), otherwise no limit that matters."""
+    return calls if plan.flood_rate_per_s > 0 else 100_000
+
+
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures a reader wants from one passing step."""
     server = summary.get("server", {})
@@ -785,6 +1159,7 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
         "setup_ms": summary["setup_ms"],
         "lost_packets": summary["packets"]["lost"],
         "echo_exact": f"{summary['echo']['exact']}/{summary['echo']['replies']}",
+        **({"flood": summary["flood"]} if "flood" in summary else {}),
     }
 
 
@@ -811,7 +1186,16 @@ def run_cli(args: argparse.Namespace) -> int:
         server_pid=args.pid,
         http_url=args.http,
         user=args.user,
+        # ``--flood-rate`` (INVITEs/s beyond max_calls while all calls are live).
+        flood_rate_per_s=getattr(args, "flood_rate", None) or 0.0,
     )
+    if plan.flood_rate_per_s < 0:
+        raise SystemExit("voxgate bench sip: --flood-rate must not be negative")
+    if plan.flood_rate_per_s > 0:
+        try:
+            plan.flood_window(0.0)
+        except ValueError as exc:
+            raise SystemExit(f"voxgate bench sip: --flood-rate: {exc}") from None
     if args.find_capacity:
         if args.target:
             raise SystemExit("voxgate bench sip: --find-capacity spawns its own servers")
@@ -834,7 +1218,9 @@ def run_cli(args: argparse.Namespace) -> int:
             plan.generator_cpus = other_cpus(args.server_core)
             summary = run_sip_load(plan)
         else:
-            server = spawn_sip_server(args.server_core, args.server_log)
+            server = spawn_sip_server(
+                args.server_core, args.server_log, max_calls=_max_calls(plan, plan.calls)
+            )
             plan.server, plan.server_pid = server.sip, server.pid
             plan.http_url = server.http_url
             plan.generator_cpus = other_cpus(args.server_core)
