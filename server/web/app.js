@@ -662,7 +662,7 @@
           const now = performance.now();
           const micLoud = rmsDb(micMeter) > thresholdDb;
           const remoteLoud = rmsDb(s.remoteMeter) > thresholdDb;
-          if (s !== session || sent >= count) {
+          if (s !== session || (sent >= count && onset === null)) {
             clearInterval(timer);
             resolve();
             return;
