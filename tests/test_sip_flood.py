@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import shutil
 import subprocess
 import time
@@ -32,22 +31,12 @@ import pytest
 from server.loadgen import runner, sipload
 from server.loadgen.sipload import FloodResult, FloodSpec, SipFlooder, SipWorkerSpec
 from server.sip.message import Request, make_response, parse_message
+from tests.test_sip_sipp import sipp_binary
 
 SCENARIO = Path(__file__).parent / "sipp" / "flood_invite.xml"
 MAX_CALLS = 20
 FLOOD_INVITES = 1000
 FLOOD_RATE_PER_S = 250
-REQUIRE_ENV = "E2E_REQUIRE_PEERS"
-"""Set to 1 by the test command, which installs the real peers: a missing sipp then fails."""
-
-
-def sipp_binary() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail("sipp is not installed (Debian package sip-tester)")
-        pytest.skip("sipp is not installed (Debian package sip-tester)")
-    return path
 
 
 def http_status(url: str) -> int:

@@ -24,13 +24,13 @@ from server.sip import registration as registration_module
 from server.sip.message import Message, Request, StreamFramer, make_response
 from server.sip.registration import Registration
 from server.sip.transport import Peer, SipTransport
-from server.sip.ua import CallControl, InviteSession, Refused, UserAgent
+from server.sip.ua import CallControl, UserAgent
 from server.sip.uac import Login
 from tests.peers.baresip import LoopbackCapture
 from tests.rtppcap import write_pcmu_pcap
 from tests.test_sip_outbound import post
 from tests.test_sip_sipp import SCENARIOS, sipp_binary
-from tests.test_sip_sipp_uas import SdpSession
+from tests.test_sip_sipp_uas import SdpSession, outbound_ua
 from tests.udpports import free_udp_range
 
 ALICE = Login("alice", "s3cret")
@@ -183,18 +183,7 @@ def test_a_dead_tcp_trunk_fails_fast_and_the_server_keeps_serving(tmp_path: Path
 async def agent(loop: asyncio.AbstractEventLoop) -> AsyncIterator[tuple[UserAgent, SipTransport]]:
     transport = SipTransport("127.0.0.1", 0, ("udp", "tcp"))
     await transport.start()
-
-    def refuse(request: Request, control: CallControl) -> InviteSession:
-        raise Refused(603)
-
-    ua = UserAgent(
-        transport.send,
-        asyncio.get_running_loop(),
-        contact=f"sip:voxgate@127.0.0.1:{transport.port}",
-        via_host=f"127.0.0.1:{transport.port}",
-        sessions=refuse,
-    )
-    transport.handler = ua.on_message
+    ua = outbound_ua(transport)
     try:
         yield ua, transport
     finally:

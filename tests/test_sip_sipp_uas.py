@@ -97,10 +97,8 @@ class Sipp:
             self.process.kill()
 
 
-@pytest.fixture
-async def agent(loop: asyncio.AbstractEventLoop) -> AsyncIterator[tuple[UserAgent, SipTransport]]:
-    transport = SipTransport("127.0.0.1", 0, ("udp",))
-    await transport.start()
+def outbound_ua(transport: SipTransport) -> UserAgent:
+    """A UA on ``transport`` (started) that places calls and refuses incoming ones (603)."""
 
     def refuse(request: Request, control: CallControl) -> InviteSession:
         raise Refused(603)
@@ -113,8 +111,15 @@ async def agent(loop: asyncio.AbstractEventLoop) -> AsyncIterator[tuple[UserAgen
         sessions=refuse,
     )
     transport.handler = ua.on_message
+    return ua
+
+
+@pytest.fixture
+async def agent(loop: asyncio.AbstractEventLoop) -> AsyncIterator[tuple[UserAgent, SipTransport]]:
+    transport = SipTransport("127.0.0.1", 0, ("udp",))
+    await transport.start()
     try:
-        yield ua, transport
+        yield outbound_ua(transport), transport
     finally:
         await transport.close()
 

@@ -35,9 +35,9 @@ from server.sip.transport import (
     _via_over_tcp,
     local_failure,
 )
-from server.sip.ua import CallControl, InviteSession, Refused, UserAgent
 from server.sip.uac import Login
 from tests.mutations import mutated_lines
+from tests.test_sip_sipp_uas import outbound_ua
 
 
 def request(
@@ -349,18 +349,7 @@ async def test_an_outbound_call_to_a_refused_tcp_address_fails_with_503(
     sip: tuple[SipTransport, Collector],
 ) -> None:
     transport, _ = sip
-
-    def refuse(request: Request, control: CallControl) -> InviteSession:
-        raise Refused(603)
-
-    ua = UserAgent(
-        transport.send,
-        asyncio.get_running_loop(),
-        contact=f"sip:voxgate@127.0.0.1:{transport.port}",
-        via_host=f"127.0.0.1:{transport.port}",
-        sessions=refuse,
-    )
-    transport.handler = ua.on_message
+    ua = outbound_ua(transport)
 
     class Session:
         reason: str | None = None
