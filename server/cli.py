@@ -7,8 +7,12 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server import __version__
+
+if TYPE_CHECKING:
+    from server.config import Config
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -27,6 +31,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--endpointing-ms", type=int, help="silence before the caller's turn ends (default 200)"
+    )
+    serve.add_argument(
+        "--sip-port", type=int, help="SIP port, UDP and TCP (default 5060; 0 turns SIP off)"
+    )
+    serve.add_argument(
+        "--rtp-ports", metavar="LOW-HIGH", help="RTP port range for SIP calls (default 10000-20000)"
     )
 
     bench = commands.add_parser("bench", help="run benchmarks")
@@ -177,23 +187,33 @@ def _bench_load(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def serve_config(args: argparse.Namespace) -> Config:
+    """The configuration ``voxgate serve`` runs with: ``--config``, then the
+    environment, then the command-line options.  Raises ``ConfigError``."""
+    from server.config import load_config
+
+    return load_config(
+        args.config,
+        overrides={
+            "server.host": args.host,
+            "server.port": args.port,
+            "agent.name": args.agent,
+            "agent.endpointing_ms": args.endpointing_ms,
+            "sip.port": args.sip_port,
+            "sip.rtp_ports": args.rtp_ports,
+        },
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
     from server.app import serve
-    from server.config import ConfigError, load_config
+    from server.config import ConfigError
 
     try:
-        config = load_config(
-            args.config,
-            overrides={
-                "server.host": args.host,
-                "server.port": args.port,
-                "agent.name": args.agent,
-                "agent.endpointing_ms": args.endpointing_ms,
-            },
-        )
+        config = serve_config(args)
     except ConfigError as exc:
         print(f"voxgate: configuration error: {exc}", file=sys.stderr)
         return 2

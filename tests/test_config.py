@@ -62,3 +62,21 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad, environ={})
+
+
+def test_serve_sip_options_override_the_file(tmp_path: Path) -> None:
+    from server.cli import _build_parser, serve_config
+
+    config_file = tmp_path / "voxgate.toml"
+    config_file.write_text('[sip]\nport = 5070\nrtp_ports = "30000-30100"\n')
+    args = _build_parser().parse_args(
+        ["serve", "--config", str(config_file), "--sip-port", "5099", "--rtp-ports", "40000-40200"]
+    )
+    config = serve_config(args)
+    assert (config.sip.port, config.sip.rtp_ports) == (5099, "40000-40200")
+    args = _build_parser().parse_args(["serve", "--config", str(config_file), "--sip-port", "0"])
+    config = serve_config(args)
+    assert (config.sip.port, config.sip.rtp_ports) == (0, "30000-30100")  # 0: SIP off
+    bad = _build_parser().parse_args(["serve", "--rtp-ports", "20000-10000"])
+    with pytest.raises(ConfigError, match=r"sip\.rtp_ports"):
+        serve_config(bad)
