@@ -419,3 +419,51 @@ def test_trace_parser_reads_a_message() -> None:
     assert (message.status, message.method, message.cseq) == (200, "INVITE", 7)
     assert message.body == "v=0\n" and message.header("content-length") == "4"
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", message.destination)
+
+
+# ------------------------------------------------------- 6. the pipeline agent over SIP
+
+
+@pytest.fixture(scope="module")
+def pipeline_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The offline pipeline agent (local STT, rules LLM, espeak TTS), as ``voxgate serve``."""
+    yield from start_server(tmp_path_factory.mktemp("sip-pipeline"), '[agent]\nname = "pipeline"')
+
+
+def test_the_pipeline_agent_holds_a_conversation_over_sip(
+    pipeline_server: Server, tmp_path: Path
+) -> None:
+    """baresip asks a question after the greeting: the call's turns show the greeting and
+    an answered user turn with what was heard, and the replies reach baresip's ears."""
+    audio = with_silence(6.0, speech("what can you do", RATE_HZ), 6.0)
+    summary: dict[str, Any] = {}
+    with BaresipPeer(tmp_path, audio) as peer:
+        connect(peer, pipeline_server)
+        call_id = live_call_id(peer, pipeline_server)
+        deadline = time.monotonic() + len(audio) / RATE_HZ + 5
+        while peer.first("CALL_CLOSED") is None and time.monotonic() < deadline:
+            peer.pump(0.2)
+            try:
+                summary = pipeline_server.get(f"/calls/{call_id}")
+            except urllib.error.HTTPError:  # the call just ended
+                break
+        wait_closed(peer, 10)
+    assert summary.get("agent") == "pipeline", summary
+    outcomes = [(t["kind"], t["outcome"]) for t in summary["turns"]]
+    assert ("greeting", "answered") in outcomes, outcomes
+    assert ("user", "answered") in outcomes, outcomes
+    roles = [m["role"] for m in summary["history"]]
+    assert "user" in roles and "assistant" in roles, summary["history"]
+    user_said = " ".join(m["content"] for m in summary["history"] if m["role"] == "user")
+    # The offline recogniser is rough on 8 kHz espeak: some of the words will do.
+    assert {"what", "can", "you", "do"} & set(user_said.lower().split()), user_said
+    assert summary["media"]["packets_in"]["received"] > 0  # SIP media stats, live
+    # What baresip heard: the agent's voice (greeting and answer), more than a second of it.
+    heard = at_8k(peer.recording("dec"))
+    frame = RATE_HZ // 50
+    n = len(heard) // frame
+    power_db = 10 * np.log10(
+        (heard[: n * frame].reshape(n, frame) ** 2).mean(axis=1) / 32768.0**2 + 1e-12
+    )
+    assert int((power_db > -40).sum()) * 20 >= 1000, "baresip heard less than 1 s of the agent"
+    assert pipeline_server.wait_no_calls() == []
