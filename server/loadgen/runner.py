@@ -296,7 +296,14 @@ def summarise(
         },
     }
     if monitor is not None and len(monitor.samples) >= 2:
-        summary["server"] = _server_summary(monitor.samples, plan, start_at, ramp_s, call_seconds)
+        summary["server"] = server_summary(
+            monitor.samples,
+            pid=plan.server_pid,
+            calls=plan.calls,
+            duration_s=plan.duration_s,
+            start_at=start_at,
+            ramp_s=ramp_s,
+        )
     summary["slo"] = check_slo(summary, plan.slo)
     summary["samples"] = {
         "turn_latency_ms": _thin(metrics.turn_ms),
@@ -315,48 +322,58 @@ def _thin(samples: array[float], keep: int = 2000) -> list[float]:
     return [round(float(v), 2) for v in values]
 
 
-def _server_summary(
-    samples: list[ServerSample], plan: LoadPlan, start_at: float, ramp_s: float, call_s: float
+def server_summary(
+    samples: list[ServerSample],
+    *,
+    pid: int | None,
+    calls: int,
+    duration_s: float,
+    start_at: float,
+    ramp_s: float,
 ) -> dict[str, Any]:
+    """The server's CPU and RSS over a run of ``calls`` calls of ``duration_s`` each,
+    started evenly over ``ramp_s`` from ``start_at``: totals, per call, and a curve of
+    CPU against the calls live at each sample (from that schedule)."""
     first, last = samples[0], samples[-1]
     baseline_rss = first.rss_bytes
     peak_rss = max(s.rss_bytes for s in samples)
-    # CPU against the number of calls live at each sample (from the ramp schedule).
     curve = []
     for a, b in itertools.pairwise(samples):
         dt = b.t_s - a.t_s
         if dt <= 0:
             continue
+        live = _live_calls(calls, duration_s, start_at, ramp_s, (a.t_s + b.t_s) / 2)
         curve.append(
             {
-                "calls": round(_live_calls(plan, start_at, ramp_s, (a.t_s + b.t_s) / 2), 1),
+                "calls": round(live, 1),
                 "cpu_fraction": round((b.cpu_s - a.cpu_s) / dt, 4),
                 "rss_mb": round(b.rss_bytes / 1e6, 2),
             }
         )
-    steady = [c["cpu_fraction"] for c in curve if c["calls"] >= plan.calls]
+    # Samples a second inside the all-live window (setup takes a moment at each end).
+    steady = [c["cpu_fraction"] for c in curve if c["calls"] >= calls]
     return {
-        "pid": plan.server_pid,
+        "pid": pid,
         "cpu_s": round(last.cpu_s - first.cpu_s, 3),
-        "cpu_s_per_call_s": round((last.cpu_s - first.cpu_s) / call_s, 5),
+        "cpu_s_per_call_s": round((last.cpu_s - first.cpu_s) / (calls * duration_s), 5),
         "cpu_fraction_at_full_load": round(float(np.median(steady)), 4) if steady else None,
+        "cpu_fraction_max_at_full_load": round(max(steady), 4) if steady else None,
         "rss_baseline_mb": round(baseline_rss / 1e6, 2),
         "rss_peak_mb": round(peak_rss / 1e6, 2),
-        "rss_per_call_mb": round((peak_rss - baseline_rss) / plan.calls / 1e6, 4),
+        "rss_per_call_mb": round((peak_rss - baseline_rss) / calls / 1e6, 4),
         "cpu_curve": curve,
     }
 
 
-def _live_calls(plan: LoadPlan, start_at: float, ramp_s: float, t: float) -> float:
-    """Calls live at ``t`` by the schedule: connects spread over the ramp, each lasting duration."""
-    n = plan.calls
+def _live_calls(calls: int, duration_s: float, start_at: float, ramp_s: float, t: float) -> float:
+    """Calls live at ``t`` by the schedule: starts spread over the ramp, each lasting duration."""
 
     def started_by(when: float) -> float:
         if ramp_s <= 0:
-            return n if when >= start_at else 0
-        return max(0.0, min(n, (when - start_at) / ramp_s * n))
+            return calls if when >= start_at else 0
+        return max(0.0, min(calls, (when - start_at) / ramp_s * calls))
 
-    return started_by(t) - started_by(t - plan.duration_s)
+    return started_by(t) - started_by(t - duration_s)
 
 
 def check_slo(summary: dict[str, Any], slo: Slo) -> dict[str, Any]:

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import itertools
 import json
 import math
 import os
@@ -51,12 +50,12 @@ import numpy as np
 
 from server.loadgen.runner import (
     ServerMonitor,
-    ServerSample,
     SpawnedServer,
     caller_audio,
     other_cpus,
     percentiles,
     run_workers,
+    server_summary,
     spawn_server,
     worker_ramp,
 )
@@ -70,6 +69,7 @@ from server.loadgen.sipcall import (
     Utterance,
     non_2xx_ack,
 )
+from server.loadgen.slots import EARLY_S, SLOTS, SlotSchedule
 from server.sip.dialog import Dialog, new_branch, new_call_id, new_tag
 from server.sip.message import (
     Request,
@@ -82,11 +82,6 @@ from server.sip.message import (
 from server.sip.offeranswer import make_offer
 from server.sip.transaction import ClientInvite, ClientNonInvite
 
-SLOTS: Final = 10
-PERIOD_S: Final = 0.020
-SLOT_S: Final = PERIOD_S / SLOTS
-EARLY_S: Final = 0.001
-"""uvloop's timers have millisecond resolution and may fire up to 1 ms early."""
 CLOSE_GRACE_S: Final = 10.0
 """How long after the last call's scheduled end a worker waits for BYEs to be answered."""
 CALLS_PER_WORKER: Final = 500
@@ -229,14 +224,10 @@ class SipWorker:
         self.spec = spec
         self.metrics = SipMetrics()
         self.utterances = tuple(Utterance.from_ulaw(u) for u in spec.utterances)
-        self.slots: list[list[SipCaller]] = [[] for _ in range(SLOTS)]
+        self.schedule: SlotSchedule[SipCaller] = SlotSchedule(spec.start_at_s, self._serve)
         self.callers: dict[str, SipCaller] = {}
-        self.slot_lateness_ms = array("d")
-        self.skipped_slot_runs = 0
         self._pending = len(spec.indices)
         self._all_done = asyncio.Event()
-        self._next_slot = 0
-        self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.DatagramTransport | None = None
 
     async def run(self) -> SipWorkerResult:
@@ -269,9 +260,9 @@ class SipWorker:
                 on_done=self._on_done,
             )
             self.callers[caller.call_id] = caller
-            self.slots[index % SLOTS].append(caller)
+            self.schedule.slots[index % SLOTS].append(caller)
             loop.call_at(spec.start_at_s + (spec.ramp_s * k / n if n else 0.0), caller.start)
-        self._arm()
+        self.schedule.start()
         deadline = spec.start_at_s + spec.ramp_s + spec.duration_s + CLOSE_GRACE_S
         if self._pending:
             try:
@@ -279,13 +270,12 @@ class SipWorker:
             except TimeoutError:
                 for caller in self.callers.values():
                     caller.abort("not_closed")
-        if self._timer is not None:
-            self._timer.cancel()
+        self.schedule.stop()
         transport.close()
         return SipWorkerResult(
             metrics=SipMetricsWire.of(self.metrics),
-            slot_lateness_ms=self.slot_lateness_ms.tobytes(),
-            skipped_slot_runs=self.skipped_slot_runs,
+            slot_lateness_ms=self.schedule.lateness_ms.tobytes(),
+            skipped_slot_runs=self.schedule.skipped_runs,
             cpu_s=time.process_time() - cpu0,
         )
 
@@ -319,27 +309,9 @@ class SipWorker:
 
     # -- the schedule -------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = self.spec.start_at_s + self._next_slot * SLOT_S
-        # The loop clock and time.monotonic() share CLOCK_MONOTONIC.
-        self._timer = loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        now = time.monotonic()
-        start = self.spec.start_at_s
-        last_due = int((now + EARLY_S - start) / SLOT_S)
-        first = self._next_slot
-        behind = last_due - first + 1 - SLOTS
-        if behind > 0:  # more than a whole period late: those slots' packets are lost
-            self.skipped_slot_runs += behind
-            first += behind
-        for index in range(first, last_due + 1):
-            self.slot_lateness_ms.append(max(0.0, now - (start + index * SLOT_S)) * 1000)
-            for caller in self.slots[index % SLOTS]:
-                caller.tick(now)
-        self._next_slot = max(self._next_slot, last_due + 1)
-        self._arm()
+    def _serve(self, callers: list[SipCaller], now: float) -> None:
+        for caller in callers:
+            caller.tick(now)
 
 
 # --------------------------------------------------------------------- the flood
@@ -804,7 +776,14 @@ def summarise(
         },
     }
     if monitor is not None and len(monitor.samples) >= 2:
-        summary["server"] = _server_summary(monitor.samples, plan, start_at, ramp_s)
+        summary["server"] = server_summary(
+            monitor.samples,
+            pid=plan.server_pid,
+            calls=plan.calls,
+            duration_s=plan.duration_s,
+            start_at=start_at,
+            ramp_s=ramp_s,
+        )
     if server_metrics is not None:
         summary["server_metrics"] = server_metrics
     if plan.flood_rate_per_s > 0:
@@ -818,51 +797,6 @@ def summarise(
         }
     summary["slo"] = check_slo(summary, plan.slo)
     return summary
-
-
-def _server_summary(
-    samples: list[ServerSample], plan: SipLoadPlan, start_at: float, ramp_s: float
-) -> dict[str, Any]:
-    first, last = samples[0], samples[-1]
-    baseline_rss = first.rss_bytes
-    peak_rss = max(s.rss_bytes for s in samples)
-    curve = []
-    for a, b in itertools.pairwise(samples):
-        dt = b.t_s - a.t_s
-        if dt <= 0:
-            continue
-        curve.append(
-            {
-                "calls": round(_live_calls(plan, start_at, ramp_s, (a.t_s + b.t_s) / 2), 1),
-                "cpu_fraction": round((b.cpu_s - a.cpu_s) / dt, 4),
-                "rss_mb": round(b.rss_bytes / 1e6, 2),
-            }
-        )
-    # Samples a second inside the all-live window (setup takes a moment at each end).
-    steady = [c["cpu_fraction"] for c in curve if c["calls"] >= plan.calls]
-    return {
-        "pid": plan.server_pid,
-        "cpu_s": round(last.cpu_s - first.cpu_s, 3),
-        "cpu_s_per_call_s": round((last.cpu_s - first.cpu_s) / (plan.calls * plan.duration_s), 5),
-        "cpu_fraction_at_full_load": round(float(np.median(steady)), 4) if steady else None,
-        "cpu_fraction_max_at_full_load": round(max(steady), 4) if steady else None,
-        "rss_baseline_mb": round(baseline_rss / 1e6, 2),
-        "rss_peak_mb": round(peak_rss / 1e6, 2),
-        "rss_per_call_mb": round((peak_rss - baseline_rss) / plan.calls / 1e6, 4),
-        "cpu_curve": curve,
-    }
-
-
-def _live_calls(plan: SipLoadPlan, start_at: float, ramp_s: float, t: float) -> float:
-    """Calls live at ``t`` by the schedule: starts spread over the ramp, each lasting duration."""
-    n = plan.calls
-
-    def started_by(when: float) -> float:
-        if ramp_s <= 0:
-            return n if when >= start_at else 0
-        return max(0.0, min(n, (when - start_at) / ramp_s * n))
-
-    return started_by(t) - started_by(t - plan.duration_s)
 
 
 def check_slo(summary: dict[str, Any], slo: SipSlo) -> dict[str, Any]:

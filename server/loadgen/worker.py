@@ -7,11 +7,8 @@ exits (not from a pipe: the event loop may leave stdout non-blocking, which
 cuts a large write short).
 
 Callers send in real time from one deadline-driven schedule for the whole
-process: the 20 ms period is cut into :data:`SLOTS` phases and each call is
-served in one of them, so the server sees frames spread over the period as
-from real carriers, not in one burst.  How late each slot ran is the
-generator's own lateness; a run where it fell a whole period behind is not a
-measurement of the server.
+process (:class:`~server.loadgen.slots.SlotSchedule`): each call is served in
+one of the 20 ms period's slots.
 """
 
 from __future__ import annotations
@@ -28,11 +25,8 @@ import msgspec
 
 from server.loadgen import wsclient
 from server.loadgen.scenario import Caller, CallMetrics, Clips, Phase, Timing
+from server.loadgen.slots import SlotSchedule
 
-SLOTS = 10
-PERIOD_S = 0.020
-SLOT_S = PERIOD_S / SLOTS
-EARLY_S = 0.001
 CLOSE_GRACE_S = 5.0
 """How long after the last call's end the worker waits for sockets to close."""
 
@@ -131,16 +125,12 @@ class Worker:
         self.spec = spec
         self.clips = Clips.from_ulaw(spec.utterance_a, spec.utterance_b)
         self.metrics = CallMetrics()
-        self.slots: list[list[_Live]] = [[] for _ in range(SLOTS)]
-        self.slot_lateness_ms = array("d")
-        self.skipped_slot_runs = 0
+        self.schedule: SlotSchedule[_Live] = SlotSchedule(spec.start_at_s, self._serve)
         self.connected = 0
         self.completed = 0
         self._live: list[_Live] = []
-        self._next_slot = 0
         self._rng = random.Random(spec.seed)
         self._all_done = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> WorkerResult:
         loop = asyncio.get_running_loop()
@@ -153,7 +143,7 @@ class Worker:
             self._live.append(live)
             at = spec.start_at_s + (spec.ramp_s * i / n if n else 0.0)
             connects.append(loop.create_task(self._connect(live, sid, at)))
-        self._arm()
+        self.schedule.start()
         deadline = spec.start_at_s + spec.ramp_s + spec.duration_s + CLOSE_GRACE_S
         try:
             await asyncio.wait_for(self._all_done.wait(), max(0.0, deadline - time.monotonic()))
@@ -163,8 +153,7 @@ class Worker:
                     self.metrics.error("not_closed")
                     if live.client is not None:
                         live.client.abort()
-        if self._timer is not None:
-            self._timer.cancel()
+        self.schedule.stop()
         for task in connects:
             task.cancel()
         await asyncio.gather(*connects, return_exceptions=True)
@@ -172,8 +161,8 @@ class Worker:
             metrics=MetricsWire.of(self.metrics),
             calls_connected=self.connected,
             calls_completed=self.completed,
-            slot_lateness_ms=self.slot_lateness_ms.tobytes(),
-            skipped_slot_runs=self.skipped_slot_runs,
+            slot_lateness_ms=self.schedule.lateness_ms.tobytes(),
+            skipped_slot_runs=self.schedule.skipped_runs,
             cpu_s=time.process_time() - cpu0,
         )
 
@@ -199,8 +188,7 @@ class Worker:
             for message in caller.opening():
                 live.client.send_text(message)
             # Serve the call in the slot after the current one: spread, and one per period.
-            slot = (int((now - self.spec.start_at_s) / SLOT_S) + 1) % SLOTS
-            self.slots[slot].append(live)
+            self.schedule.slots[self.schedule.slot_after(now)].append(live)
 
         def on_text(text: str) -> None:
             caller = live.caller
@@ -234,35 +222,13 @@ class Worker:
             return
         live.done = True
         self.metrics.merge(caller_metrics)
-        for slot in self.slots:
+        for slot in self.schedule.slots:
             if live in slot:
                 slot.remove(live)
         if all(other.done for other in self._live):
             self._all_done.set()
 
     # -- the schedule -------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = self.spec.start_at_s + self._next_slot * SLOT_S
-        # The loop clock and time.monotonic() share CLOCK_MONOTONIC.
-        self._timer = loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        now = time.monotonic()
-        start = self.spec.start_at_s
-        # uvloop's timers have millisecond resolution and may fire up to 1 ms early.
-        last_due = int((now + EARLY_S - start) / SLOT_S)
-        first = self._next_slot
-        behind = last_due - first + 1 - SLOTS
-        if behind > 0:  # more than a whole period late: those slots' frames are lost
-            self.skipped_slot_runs += behind
-            first += behind
-        for index in range(first, last_due + 1):
-            self.slot_lateness_ms.append(max(0.0, now - (start + index * SLOT_S)) * 1000)
-            self._serve(self.slots[index % SLOTS], now)
-        self._next_slot = max(self._next_slot, last_due + 1)
-        self._arm()
 
     def _serve(self, slot: list[_Live], now: float) -> None:
         for live in list(slot):
