@@ -9,6 +9,7 @@ server's core, while sampling the server process (``/proc/<pid>``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -511,17 +512,12 @@ def find_capacity(
     while calls <= maximum:
         server = spawn_server(server_core, plan.endpointing_ms)
         try:
-            step_plan = LoadPlan(
+            step_plan = dataclasses.replace(
+                plan,
                 url=server.url,
                 calls=calls,
-                duration_s=plan.duration_s,
-                ramp_s=plan.ramp_s,
-                workers=plan.workers,
                 generator_cpus=plan.generator_cpus or other_cpus(server_core),
                 server_pid=server.pid,
-                endpointing_ms=plan.endpointing_ms,
-                timing=plan.timing,
-                slo=plan.slo,
                 seed=plan.seed + calls,
             )
             summary = run_load(step_plan, audio)

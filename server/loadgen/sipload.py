@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -1032,20 +1033,14 @@ def find_capacity(
     while calls <= maximum:
         server = spawn_sip_server(server_core, log_path, max_calls=_max_calls(plan, calls))
         try:
-            step_plan = SipLoadPlan(
+            step_plan = dataclasses.replace(
+                plan,
                 server=server.sip,
                 calls=calls,
-                duration_s=plan.duration_s,
-                ramp_s=plan.ramp_s,
-                workers=plan.workers,
                 generator_cpus=plan.generator_cpus or other_cpus(server_core),
                 server_pid=server.pid,
                 http_url=server.http_url,
-                user=plan.user,
-                timing=plan.timing,
-                slo=plan.slo,
                 seed=plan.seed + calls,
-                flood_rate_per_s=plan.flood_rate_per_s,
             )
             summary = run_sip_load(step_plan, audio)
         finally:
